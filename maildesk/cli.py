@@ -1,0 +1,270 @@
+"""The `maildesk` command line: each command a few lines over the modules that do the work."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from sqlalchemy import select
+from sqlalchemy.engine import Engine, make_url
+
+from maildesk import store
+from maildesk.config import ConfigError, Settings, load_settings
+from maildesk.directory import DirectoryError, add_organisation, add_user, list_users
+from maildesk.models import OutboxItem, Ticket, utcnow
+from maildesk.outbox import folder_transport, send_due
+from maildesk.process import Pipeline
+from maildesk.tickets import open_for_caller
+from maildesk.views import outbox_row, ticket_detail, ticket_summary, user_row
+
+EX_TEMPFAIL = 75
+EX_CONFIG = 78
+
+app = typer.Typer(help="maildesk: an e-mail-driven service desk.", no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_enable=False)
+db_app = typer.Typer(help="The database schema.", no_args_is_help=True)
+org_app = typer.Typer(help="Customer organisations.", no_args_is_help=True)
+user_app = typer.Typer(help="Customers and agents.", no_args_is_help=True)
+ticket_app = typer.Typer(help="Tickets.", no_args_is_help=True)
+outbox_app = typer.Typer(help="Mail waiting to be sent.", no_args_is_help=True)
+for name, sub in (("db", db_app), ("org", org_app), ("user", user_app), ("ticket", ticket_app),
+                  ("outbox", outbox_app)):
+    app.add_typer(sub, name=name)
+
+
+@dataclass
+class Context:
+    """Settings and the engine, made once per command invocation."""
+
+    env_file: Path | None
+    _settings: Settings | None = None
+    _engine: Engine | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings(self.env_file)
+        return self._settings
+
+    def engine(self, *, ready: bool = True) -> Engine:
+        if self._engine is None:
+            self._engine = store.make_engine(self.settings.database_url)
+        if ready:
+            store.check_ready(self._engine)
+        return self._engine
+
+
+def _context(ctx: typer.Context) -> Context:
+    return ctx.obj  # type: ignore[no-any-return]
+
+
+def fail(message: str, code: int = 1) -> None:
+    typer.echo(f"maildesk: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def print_json(value: Any) -> None:
+    typer.echo(json.dumps(value, ensure_ascii=False, indent=2))
+
+
+@app.callback()
+def main_options(ctx: typer.Context, env_file: Annotated[Optional[Path], typer.Option(
+        "--env-file", help="Read settings from this file (default: ./.env when present).")] = None) -> None:
+    ctx.obj = Context(env_file)
+
+
+@db_app.command("upgrade")
+def db_upgrade(ctx: typer.Context) -> None:
+    """Create or migrate the database schema to this version."""
+    context = _context(ctx)
+    store.upgrade(context.engine(ready=False))
+    typer.echo(f"database ready: {_safe_url(context.settings.database_url)}")
+
+
+@org_app.command("add")
+def org_add(ctx: typer.Context, name: str,
+            domain: Annotated[Optional[list[str]], typer.Option("--domain", help="A mail domain; repeatable.")] = None,
+            language: Annotated[Optional[str], typer.Option(help="lv or en")] = None,
+            service_level: Annotated[Optional[str], typer.Option("--service-level")] = None) -> None:
+    """Add a customer organisation."""
+    _check_language(language)
+    with store.transaction(_context(ctx).engine()) as session:
+        try:
+            add_organisation(name, session=session, domains=domain or [], language=language,
+                             service_level=service_level)
+        except DirectoryError as error:
+            fail(str(error))
+    typer.echo(f"organisation added: {name}")
+
+
+@user_app.command("add")
+def user_add(ctx: typer.Context, address: str, name: Annotated[str, typer.Option("--name", help="Full name.")],
+             org: Annotated[Optional[str], typer.Option("--org", help="The customer's organisation.")] = None,
+             responsible: Annotated[bool, typer.Option("--responsible", help="May accept estimates.")] = False,
+             agent: Annotated[bool, typer.Option("--agent", help="A support agent.")] = False,
+             language: Annotated[Optional[str], typer.Option(help="lv or en")] = None) -> None:
+    """Add a customer (--org) or an agent (--agent)."""
+    _check_language(language)
+    with store.transaction(_context(ctx).engine()) as session:
+        try:
+            user = add_user(address, session=session, name=name, now=utcnow(), organisation=org, agent=agent,
+                            responsible=responsible, language=language)
+        except DirectoryError as error:
+            fail(str(error))
+    typer.echo(f"user added: {user.address} ({user.role}{', responsible' if user.responsible else ''})")
+
+
+@user_app.command("list")
+def user_list(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List users."""
+    with store.transaction(_context(ctx).engine()) as session:
+        rows = [user_row(user, organisation) for user, organisation in list_users(session=session)]
+    if as_json:
+        print_json(rows)
+        return
+    for row in rows:
+        flag = " responsible" if row["responsible"] else ""
+        typer.echo(f"{row['address']:<40} {row['role']:<9} {row['organisation'] or '-'}{flag}  {row['name']}")
+
+
+@app.command("ingest")
+def ingest(ctx: typer.Context, files: Annotated[Optional[list[Path]], typer.Argument(
+        help="Files with one raw message each; none: one message on standard input.")] = None) -> None:
+    """Store and process raw mail (for an MTA to pipe into). Exit 75 when a message could not be stored."""
+    context = _context(ctx)
+    try:
+        pipeline = Pipeline(context.settings, context.engine())
+    except store.DatabaseNotReady as error:
+        fail(str(error), EX_TEMPFAIL)
+    failed = 0
+    sources = files or [None]
+    for path in sources:
+        try:
+            raw = path.read_bytes() if path is not None else sys.stdin.buffer.read()
+            outcome = pipeline.ingest(raw, "pipe")
+        except Exception as error:  # the MTA must retry: nothing was stored
+            failed += 1
+            typer.echo(f"maildesk: {path or 'stdin'}: not stored: {type(error).__name__}: {error}", err=True)
+            continue
+        label = path or "stdin"
+        if outcome is None:
+            typer.echo(f"{label}: already stored")
+        else:
+            typer.echo(f"{label}: {outcome.state} {outcome.ticket or ''} {outcome.reason}".rstrip())
+    if failed:
+        raise typer.Exit(EX_TEMPFAIL)
+
+
+@ticket_app.command("list")
+def ticket_list(ctx: typer.Context, status: Annotated[Optional[str], typer.Option(help="Only this status.")] = None,
+                as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List tickets."""
+    with store.transaction(_context(ctx).engine()) as session:
+        query = select(Ticket).order_by(Ticket.id)
+        if status:
+            query = query.where(Ticket.status == status.upper())
+        rows = [ticket_summary(ticket) for ticket in session.execute(query).scalars()]
+    if as_json:
+        print_json(rows)
+        return
+    for row in rows:
+        typer.echo(f"{row['key']:<10} {row['status']:<21} {row['reporter']:<30} {row['summary']}")
+
+
+@ticket_app.command("show")
+def ticket_show(ctx: typer.Context, key: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Show a ticket with its history."""
+    with store.transaction(_context(ctx).engine()) as session:
+        ticket = store.find_ticket(key, session=session)
+        if ticket is None:
+            fail(f"no ticket {key}")
+        detail = ticket_detail(ticket, session=session)
+    if as_json:
+        print_json(detail)
+        return
+    typer.echo(f"{detail['key']}  {detail['status']}  [{detail['type']}]  {detail['summary']}")
+    typer.echo(f"reporter {detail['reporter']}  organisation {detail['organisation'] or '-'}  "
+               f"assignee {detail['assignee'] or detail['holder']}  estimate {detail['estimate_minutes'] or '-'} min"
+               f"  due {detail['due_date'] or '-'}  channel {detail['channel']}")
+    for event in detail["events"]:
+        change = f"{event['from_status'] or '-'} -> {event['to_status']}"
+        typer.echo(f"  {event['at'][:19]}  {event['actor'] or 'system':<28} {event['outcome']:<8} "
+                   f"{event['command']:<30} {change} {event['reason']}".rstrip())
+
+
+@ticket_app.command("create")
+def ticket_create(ctx: typer.Context, reporter: Annotated[str, typer.Option(help="The caller's address.")],
+                  summary: Annotated[str, typer.Option()], by: Annotated[str, typer.Option(help="The agent.")],
+                  description: Annotated[str, typer.Option()] = "",
+                  ticket_type: Annotated[Optional[str], typer.Option("--type")] = None) -> None:
+    """Open a ticket for a caller (the phone channel); the caller gets the acknowledgement."""
+    context = _context(ctx)
+    pipeline = Pipeline(context.settings, context.engine())
+    with store.transaction(context.engine()) as session:
+        caller = store.find_user(reporter, session=session)
+        agent = store.find_user(by, session=session)
+        if caller is None:
+            fail(f"no user {reporter}: add them with `maildesk user add`")
+        if agent is None or agent.role not in ("agent", "admin"):
+            fail(f"{by} is not an agent")
+        ticket = open_for_caller(caller, agent, summary, description, ticket_type, session=session,
+                                 settings=context.settings, notifier=pipeline.notifier, now=utcnow())
+    typer.echo(f"ticket created: {ticket.key}")
+
+
+@outbox_app.command("list")
+def outbox_list(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List outgoing mail and its state."""
+    with store.transaction(_context(ctx).engine()) as session:
+        query = select(OutboxItem, Ticket.key).outerjoin(Ticket, OutboxItem.ticket_id == Ticket.id).order_by(
+            OutboxItem.id)
+        rows = [outbox_row(item, key) for item, key in session.execute(query)]
+    if as_json:
+        print_json(rows)
+        return
+    for row in rows:
+        typer.echo(f"{row['id']:>6} {row['status']:<8} {row['ticket'] or '-':<9} {', '.join(row['to']):<30} "
+                   f"{row['subject']}")
+
+
+@outbox_app.command("send")
+def outbox_send(ctx: typer.Context) -> None:
+    """Send every due outbox message (to MAILDESK_DATA_DIR/sent/ when no SMTP host is set)."""
+    context = _context(ctx)
+    engine = context.engine()
+    transport = folder_transport(context.settings)
+    total_sent = total_retried = total_failed = 0
+    while True:
+        report = send_due(engine, context.settings, transport, now=utcnow())
+        total_sent, total_retried, total_failed = (total_sent + report.sent, total_retried + report.retried,
+                                                   total_failed + report.failed)
+        if report.sent + report.retried + report.failed == 0:
+            break
+    transport.close()
+    typer.echo(f"sent {total_sent}, rescheduled {total_retried}, failed {total_failed}")
+
+
+def _check_language(language: str | None) -> None:
+    if language is not None and language not in ("lv", "en"):
+        fail(f"--language must be lv or en, not {language!r}")
+
+
+def _safe_url(url: str) -> str:
+    """A database URL without its password, for messages."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def main() -> None:
+    """Entry point: configuration and database problems end with a clear line, not a traceback."""
+    try:
+        app()
+    except ConfigError as error:
+        typer.echo(f"maildesk: configuration error: {error}", err=True)
+        sys.exit(EX_CONFIG)
+    except store.DatabaseNotReady as error:
+        typer.echo(f"maildesk: {error}", err=True)
+        sys.exit(1)

@@ -1,0 +1,175 @@
+"""Decisions -> rendered notifications -> outbox rows, in the caller's transaction.
+
+A notice names a template and an audience; this module finds the people, picks each one's
+language (user, then organisation, then the service default), renders the template and
+writes one outbox row per recipient, with its own Message-ID and the thread's headers.
+The person who caused a change is not told about it, and nobody gets two mails for one
+event.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlmodel import Session
+
+from maildesk import store
+from maildesk.config import Settings
+from maildesk.core.effort import format_effort
+from maildesk.core.workflow import Audience
+from maildesk.models import Message, Organisation, OutboxItem, Ticket, User
+from maildesk.render import Renderer
+
+UNSAFE_HEADER_CHARACTERS = re.compile("[\r\n\x00\u2028\u2029]+")
+MAX_HEADER_TEXT = 200
+LOOP_HEADER = "X-Maildesk-Loop"
+NEVER_MAIL = re.compile(r"^(mailer-daemon|postmaster|no-?reply|do-?not-?reply|abuse|root)@", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Recipient:
+    address: str
+    name: str
+    role: str
+    language: str
+
+
+@dataclass(frozen=True)
+class Thread:
+    """Where a notification belongs in the mail thread."""
+
+    in_reply_to: str = ""
+    references: tuple[str, ...] = ()
+
+
+def header_safe(text: str, limit: int = MAX_HEADER_TEXT) -> str:
+    """Text from a mail made safe for an outgoing header: one line, no NUL, capped."""
+    return " ".join(UNSAFE_HEADER_CHARACTERS.sub(" ", text).split())[:limit]
+
+
+def new_message_id(settings: Settings, ticket_key: str | None) -> str:
+    label = (ticket_key or "maildesk").lower()
+    return f"<{label}.{secrets.token_hex(10)}@{settings.support_domain}>"
+
+
+class Notifier:
+    """Renders and queues notifications; one per pipeline, stateless between calls."""
+
+    def __init__(self, settings: Settings, renderer: Renderer) -> None:
+        self.settings = settings
+        self.renderer = renderer
+
+    def recipient_for(self, user: User, *, session: Session) -> Recipient:
+        return Recipient(user.address, user.name, user.role, self.language_of(user, session=session))
+
+    def language_of(self, user: User | None, *, session: Session) -> str:
+        if user is not None and user.language:
+            return user.language
+        if user is not None and user.organisation_id is not None:
+            organisation = session.get(Organisation, user.organisation_id)
+            if organisation is not None and organisation.language:
+                return organisation.language
+        return self.settings.language
+
+    def audience(self, ticket: Ticket, audience: Audience, actor: str, *, session: Session) -> list[User]:
+        """The users an audience names for this ticket."""
+        if audience == Audience.REPORTER:
+            reporter = store.find_user(ticket.reporter, session=session)
+            return [reporter] if reporter else []
+        if audience == Audience.RESPONSIBLE:
+            return store.responsible_representatives(ticket.organisation_id, session=session)
+        if audience == Audience.AGENT and ticket.agent:
+            agent = store.find_user(ticket.agent, session=session)
+            if agent is not None:
+                return [agent]
+        if audience in (Audience.AGENT, Audience.AGENTS):
+            return store.agents(session=session)
+        actor_user = store.find_user(actor, session=session)
+        return [actor_user] if actor_user else []
+
+    def notify(self, ticket: Ticket, notices: Iterable[tuple[str, Audience]], *, session: Session,
+               actor: str, now: datetime, thread: Thread, extra: Mapping[str, Any] | None = None,
+               already: set[str] | None = None) -> list[OutboxItem]:
+        """Queue each notice for its audience, skipping the actor and anyone already told."""
+        told = already if already is not None else set()
+        queued: list[OutboxItem] = []
+        for template, audience in notices:
+            for user in self.audience(ticket, audience, actor, session=session):
+                if user.address in told or (user.address == actor and audience != Audience.ACTOR):
+                    continue
+                told.add(user.address)
+                queued.append(self.queue(template, self.recipient_for(user, session=session), ticket=ticket,
+                                         session=session, actor=actor, now=now, thread=thread, extra=extra))
+        return queued
+
+    def queue(self, template: str, recipient: Recipient, *, ticket: Ticket | None, session: Session,
+              actor: str, now: datetime, thread: Thread, extra: Mapping[str, Any] | None = None) -> OutboxItem:
+        """Render one notification for one person and add it to the outbox (and the thread)."""
+        context = self.context(ticket, recipient, actor, session=session)
+        context.update(extra or {})
+        rendered = self.renderer.render(template, recipient.language, context)
+        key = ticket.key if ticket is not None else None
+        references = tuple(dict.fromkeys(ref for ref in (*thread.references, thread.in_reply_to) if ref))
+        item = OutboxItem(
+            ticket_id=ticket.id if ticket is not None else None,
+            message_id=new_message_id(self.settings, key),
+            in_reply_to=thread.in_reply_to,
+            references=" ".join(references),
+            to_addresses=json.dumps([recipient.address]),
+            reply_to=self.settings.support_address,
+            subject=header_safe(rendered.subject, 300),
+            template=template,
+            language=recipient.language,
+            body_text=rendered.text,
+            body_html=rendered.html,
+            status="failed" if NEVER_MAIL.match(recipient.address) else "pending",
+            last_error="never mailed: a machine address" if NEVER_MAIL.match(recipient.address) else "",
+            next_attempt_at=now,
+            created_at=now,
+        )
+        session.add(item)
+        if ticket is not None:
+            session.flush()
+            session.add(Message(ticket_id=ticket.id, direction="out", message_id=item.message_id,
+                                in_reply_to=item.in_reply_to, sender=self.settings.support_address,
+                                subject=item.subject, new_text=rendered.text, full_text=rendered.text,
+                                outbox_id=item.id, created_at=now, internal=recipient.role != "customer"))
+        return item
+
+    def context(self, ticket: Ticket | None, recipient: Recipient, actor: str, *,
+                session: Session) -> dict[str, Any]:
+        actor_user = store.find_user(actor, session=session) if actor else None
+        return {
+            "ticket": ticket_context(ticket, session=session) if ticket is not None else None,
+            "recipient": {"address": recipient.address, "name": recipient.name, "role": recipient.role,
+                          "language": recipient.language},
+            "actor": {"address": actor, "name": actor_user.name if actor_user else ""},
+            "support_address": self.settings.support_address,
+            "reply_address": self.settings.support_address,
+            "possible_commands": [],
+        }
+
+
+def ticket_context(ticket: Ticket, *, session: Session) -> dict[str, Any]:
+    reporter = store.find_user(ticket.reporter, session=session)
+    organisation = session.get(Organisation, ticket.organisation_id) if ticket.organisation_id else None
+    return {
+        "key": ticket.key,
+        "summary": ticket.summary,
+        "description": ticket.description,
+        "status": ticket.status,
+        "type": ticket.type,
+        "reporter": ticket.reporter,
+        "reporter_name": reporter.name if reporter else "",
+        "organisation": organisation.name if organisation else "",
+        "assignee": ticket.assignee or "",
+        "estimate": format_effort(ticket.estimate_minutes) if ticket.estimate_minutes else "",
+        "estimate_minutes": ticket.estimate_minutes,
+        "due_date": ticket.due_date.isoformat() if ticket.due_date else "",
+    }

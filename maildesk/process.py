@@ -1,0 +1,209 @@
+"""The pipeline: a saved inbox row -> parse -> route -> commands -> decisions -> store + notify.
+
+Transports call `store_raw` first (raw bytes committed before anything else happens) and
+then `process_inbox_item`. Each message is handled in one transaction: the ticket change,
+its events, its messages and its outbox rows commit together with the inbox row's new
+state. A message that breaks is rolled back, marked failed with its reason and retried
+later; after MAX_ATTEMPTS it is quarantined. Nothing is dropped and nothing stops the loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import Enum
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
+
+from maildesk import store
+from maildesk.config import Settings
+from maildesk.core.mail import InboundMail
+from maildesk.core.route import Ignore, NewTicket, Reply, route, subject_key, thread_ids
+from maildesk.handle import Handled, MailHandler
+from maildesk.models import InboxItem, utcnow
+from maildesk.notify import Notifier
+from maildesk.parse import ParseError, parse_mail
+from maildesk.render import Renderer, default_templates_dir
+
+log = logging.getLogger("maildesk.process")
+MAX_ATTEMPTS = 3
+CLAIM_LEASE = timedelta(minutes=10)
+
+
+class State(str, Enum):
+    NEW = "new"
+    PROCESSING = "processing"
+    PROCESSED = "processed"
+    HELD = "held"
+    IGNORED = "ignored"
+    FAILED = "failed"
+    QUARANTINED = "quarantined"
+
+
+RETRYABLE = (State.NEW.value, State.FAILED.value)
+
+
+@dataclass(frozen=True)
+class Stored:
+    inbox_id: int
+    new: bool
+
+
+@dataclass(frozen=True)
+class Outcome:
+    inbox_id: int
+    state: str
+    ticket: str | None
+    reason: str
+    message_id: str
+    milliseconds: float
+
+
+class Pipeline:
+    """Everything a transport needs to turn raw mail into tickets and outbox rows."""
+
+    def __init__(self, settings: Settings, engine: Engine, *, renderer: Renderer | None = None,
+                 clock: Callable[[], datetime] = utcnow, worker: str = "maildesk") -> None:
+        self.settings = settings
+        self.engine = engine
+        self.clock = clock
+        self.worker = worker
+        self.notifier = Notifier(settings, renderer or Renderer(default_templates_dir()))
+        self.handler = MailHandler(settings, self.notifier)
+
+    def store_raw(self, raw: bytes, source: str) -> Stored:
+        """Save the raw bytes (idempotent by SHA-256); raises on a database failure."""
+        digest = hashlib.sha256(raw).hexdigest()
+        with store.transaction(self.engine) as session:
+            existing = session.exec(select(InboxItem.id).where(InboxItem.sha256 == digest)).first()  # type: ignore[call-overload]
+            if existing:
+                return Stored(existing[0], new=False)
+        try:
+            with store.transaction(self.engine) as session:
+                item = InboxItem(received_at=self.clock(), source=source, sha256=digest, size=len(raw), raw=raw,
+                                 message_id=_quick_message_id(raw))
+                session.add(item)
+                session.flush()
+                assert item.id is not None
+                return Stored(item.id, new=True)
+        except IntegrityError:
+            with store.transaction(self.engine) as session:
+                row = session.exec(select(InboxItem.id).where(InboxItem.sha256 == digest)).one()  # type: ignore[call-overload]
+                return Stored(row[0], new=False)
+
+    def ingest(self, raw: bytes, source: str) -> Outcome | None:
+        """Store and process one message; None when it was already stored and handled."""
+        stored = self.store_raw(raw, source)
+        return self.process_inbox_item(stored.inbox_id)
+
+    def claim(self, inbox_id: int) -> bool:
+        """Take a row for processing; False when another worker has it or it is done."""
+        now = self.clock()
+        with store.transaction(self.engine) as session:
+            result = session.execute(
+                update(InboxItem)
+                .where(InboxItem.id == inbox_id)
+                .where(or_(InboxItem.state.in_(RETRYABLE),  # type: ignore[attr-defined]
+                           (InboxItem.state == State.PROCESSING.value) & (InboxItem.claimed_at < now - CLAIM_LEASE)))
+                .values(state=State.PROCESSING.value, claimed_by=self.worker, claimed_at=now,
+                        attempts=InboxItem.attempts + 1)
+            )
+            return result.rowcount == 1  # type: ignore[attr-defined]
+
+    def process_inbox_item(self, inbox_id: int) -> Outcome | None:
+        """Process one stored row end to end; never raises for a bad message."""
+        if not self.claim(inbox_id):
+            return None
+        started = time.perf_counter()
+        with store.transaction(self.engine) as session:
+            item = session.get(InboxItem, inbox_id)
+            assert item is not None
+            raw, attempts = item.raw, item.attempts
+        try:
+            mail = parse_mail(raw)
+        except ParseError as error:
+            return self._finish_failure(inbox_id, f"cannot parse: {error}", started, quarantine=True)
+        except Exception as error:  # a parser bug must not stop the loop
+            return self._finish_failure(inbox_id, f"parser error: {type(error).__name__}: {error}", started,
+                                        quarantine=attempts >= MAX_ATTEMPTS)
+        try:
+            with store.transaction(self.engine) as session:
+                item = session.get(InboxItem, inbox_id)
+                assert item is not None
+                handled = self._handle(mail, item, session)
+                item.state, item.reason, item.processed_at = handled.state, handled.reason, self.clock()
+                item.ticket_id, item.sender, item.claimed_by = handled.ticket_id, mail.from_address, None
+                session.add(item)
+        except Exception as error:
+            log.exception("message %s failed", mail.message_id or f"inbox:{inbox_id}")
+            return self._finish_failure(inbox_id, f"{type(error).__name__}: {error}", started,
+                                        quarantine=attempts >= MAX_ATTEMPTS, message_id=mail.message_id)
+        outcome = Outcome(inbox_id, handled.state, handled.ticket_key, handled.reason, mail.message_id,
+                          (time.perf_counter() - started) * 1000)
+        _log_outcome(outcome)
+        return outcome
+
+    def _handle(self, mail: InboundMail, item: InboxItem, session: Session) -> Handled:
+        now = self.clock()
+        if mail.from_address == self.settings.support_address:
+            return Handled(State.IGNORED.value, "mail from our own support address")
+        key_by_headers = None
+        if not _has_subject_key(mail, self.settings):
+            key_by_headers = store.ticket_key_by_message_ids(thread_ids(mail.in_reply_to, mail.references),
+                                                             session=session)
+        decision = route(mail.subject, self.settings.ticket_prefix, key_by_headers)
+        if isinstance(decision, Ignore):
+            return Handled(State.IGNORED.value, decision.reason)
+        user = store.find_user(mail.from_address, session=session)
+        if user is None:
+            return self.handler.unknown_sender(mail, item, session=session, now=now)
+        if isinstance(decision, Reply):
+            ticket = store.find_ticket(decision.key, session=session)
+            if ticket is not None:
+                return self.handler.reply(mail, item, ticket, user, session=session, now=now)
+        new_type = decision.type if isinstance(decision, NewTicket) else None
+        return self.handler.new_ticket(mail, item, user, new_type, session=session, now=now)
+
+    def _finish_failure(self, inbox_id: int, reason: str, started: float, *, quarantine: bool,
+                        message_id: str = "") -> Outcome:
+        state = State.QUARANTINED.value if quarantine else State.FAILED.value
+        with store.transaction(self.engine) as session:
+            item = session.get(InboxItem, inbox_id)
+            assert item is not None
+            item.state, item.reason, item.claimed_by = state, reason[:2000], None
+            session.add(item)
+        outcome = Outcome(inbox_id, state, None, reason, message_id, (time.perf_counter() - started) * 1000)
+        _log_outcome(outcome)
+        return outcome
+
+    def pending_ids(self, *, states: tuple[str, ...] = RETRYABLE, limit: int = 1000) -> list[int]:
+        with store.transaction(self.engine) as session:
+            rows = session.exec(select(InboxItem.id).where(InboxItem.state.in_(states))  # type: ignore[call-overload, attr-defined]
+                                .order_by(InboxItem.id).limit(limit)).all()
+        return [row[0] for row in rows]
+
+
+def _has_subject_key(mail: InboundMail, settings: Settings) -> bool:
+    return subject_key(mail.subject, settings.ticket_prefix) is not None
+
+
+def _quick_message_id(raw: bytes) -> str:
+    """The Message-ID header from the raw bytes, for logs before the mail is parsed."""
+    head = raw[:65536].split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+    for line in head.splitlines():
+        if line[:11].lower() == b"message-id:":
+            return line[11:].strip().decode("ascii", "replace")[:1000]
+    return ""
+
+
+def _log_outcome(outcome: Outcome) -> None:
+    log.info("message_id=%s inbox=%d ticket=%s outcome=%s ms=%.1f%s", outcome.message_id or "-",
+             outcome.inbox_id, outcome.ticket or "-", outcome.state, outcome.milliseconds,
+             f" reason={outcome.reason!r}" if outcome.state in ("failed", "quarantined", "held") else "")

@@ -1,0 +1,137 @@
+"""The database: engines, sessions, migrations, and the queries the pipeline needs.
+
+Every write takes `*, session` so the caller owns the transaction: a ticket change, its
+events and its outbox rows commit together or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import event, func, select
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, create_engine
+
+from maildesk.models import Event, Message, Organisation, OutboxItem, Ticket, User
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+class DatabaseNotReady(RuntimeError):
+    """The schema is missing or older than this version of maildesk."""
+
+
+def make_engine(url: str) -> Engine:
+    """An engine with SQLite tuned for one writer and many readers (WAL, busy timeout)."""
+    if url.startswith("sqlite"):
+        _ensure_sqlite_folder(url)
+        engine = create_engine(url, connect_args={"timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def _ensure_sqlite_folder(url: str) -> None:
+    path = url.split("///", 1)[1] if "///" in url else ""
+    if path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
+def _sqlite_pragmas(connection: object, _record: object) -> None:
+    cursor = connection.cursor()  # type: ignore[attr-defined]
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def _alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return config
+
+
+def upgrade(engine: Engine) -> None:
+    """Bring the schema to this version's head (what `maildesk db upgrade` runs)."""
+    config = _alembic_config()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+
+
+def check_ready(engine: Engine) -> None:
+    """Raise DatabaseNotReady unless the schema is at this version's head."""
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    with engine.connect() as connection:
+        current = MigrationContext.configure(connection).get_current_revision()
+    if current != head:
+        state = "empty" if current is None else f"at revision {current}, this maildesk needs {head}"
+        raise DatabaseNotReady(f"the database is {state}: run `maildesk db upgrade`")
+
+
+@contextmanager
+def transaction(engine: Engine) -> Iterator[Session]:
+    """One session, committed on success and rolled back on any exception."""
+    with Session(engine, expire_on_commit=False) as session:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+
+
+def find_user(address: str, *, session: Session) -> User | None:
+    return session.exec(select(User).where(User.address == address.lower())).scalars().first()  # type: ignore[call-overload]
+
+
+def find_organisation(name: str, *, session: Session) -> Organisation | None:
+    return session.exec(select(Organisation).where(func.lower(Organisation.name) == name.lower())).scalars().first()  # type: ignore[call-overload]
+
+
+def find_ticket(key: str, *, session: Session) -> Ticket | None:
+    return session.exec(select(Ticket).where(Ticket.key == key.upper())).scalars().first()  # type: ignore[call-overload]
+
+
+def ticket_key_by_message_ids(message_ids: Sequence[str], *, session: Session) -> str | None:
+    """The key of the ticket whose thread holds the first of these Message-IDs."""
+    for message_id in message_ids:
+        row = session.exec(select(Ticket.key).join(Message, Message.ticket_id == Ticket.id)  # type: ignore[call-overload]
+                           .where(Message.message_id == message_id).limit(1)).first()
+        if row:
+            return row[0]
+    return None
+
+
+def agents(*, session: Session) -> list[User]:
+    return list(session.exec(select(User).where(User.role.in_(("agent", "admin")))  # type: ignore[call-overload]
+                             .order_by(User.id)).scalars())
+
+
+def responsible_representatives(organisation_id: int | None, *, session: Session) -> list[User]:
+    if organisation_id is None:
+        return []
+    query = (select(User).where(User.organisation_id == organisation_id, User.responsible.is_(True),  # type: ignore[attr-defined]
+                                User.role == "customer").order_by(User.id))
+    return list(session.exec(query).scalars())  # type: ignore[call-overload]
+
+
+def add_event(*, session: Session, ticket_id: int | None, at: datetime, actor: str, command: str,
+              from_status: str = "", to_status: str = "", outcome: str = "applied", reason: str = "") -> Event:
+    row = Event(ticket_id=ticket_id, at=at, actor=actor, command=command[:300], from_status=from_status,
+                to_status=to_status, outcome=outcome, reason=reason)
+    session.add(row)
+    return row
+
+
+def outbox_recipients(item: OutboxItem) -> list[str]:
+    return list(json.loads(item.to_addresses))
