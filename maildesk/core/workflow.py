@@ -218,6 +218,9 @@ def decide(ticket: TicketState, request: Request, actor: Actor, now: datetime,
     if request.command in DATA_COMMANDS:
         return _decide_data_command(ticket, request, actor, now, reopen_window)
     candidates = [row for row in TRANSITIONS if row.command == request.command]
+    if candidates and not any(_may(row.who, ticket, actor) for row in candidates):
+        code, reason = _role_refusal(candidates[0].who)
+        return _reject(ticket, request, actor, now, reopen_window, code, reason)
     in_status = [row for row in candidates if ticket.status in row.sources
                  and _window_open(ticket, row, now, reopen_window)]
     if not in_status:
