@@ -98,6 +98,21 @@ class Pipeline:
                 row = session.exec(select(InboxItem.id).where(InboxItem.sha256 == digest)).one()  # type: ignore[call-overload]
                 return Stored(row[0], new=False)
 
+    def store_many(self, raws: list[bytes], source: str) -> list[Stored]:
+        """Save a batch of raw messages; each result says whether it was new."""
+        return [self.store_raw(raw, source) for raw in raws]
+
+    def process_many(self, inbox_ids: list[int]) -> list[Outcome | None]:
+        """Process stored rows in order; one bad message never stops the others."""
+        return [self.process_inbox_item(inbox_id) for inbox_id in inbox_ids]
+
+    def state_of(self, inbox_id: int) -> tuple[str, str]:
+        """The row's state and reason (what a transport needs to file the original)."""
+        with store.transaction(self.engine) as session:
+            item = session.get(InboxItem, inbox_id)
+            assert item is not None
+            return item.state, item.reason
+
     def ingest(self, raw: bytes, source: str) -> Outcome | None:
         """Store and process one message; None when it was already stored and handled."""
         stored = self.store_raw(raw, source)
