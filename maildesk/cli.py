@@ -12,7 +12,7 @@ import typer
 from sqlalchemy import select
 from sqlalchemy.engine import Engine, make_url
 
-from maildesk import store
+from maildesk import operations, store
 from maildesk.config import ConfigError, Settings, load_settings
 from maildesk.directory import DirectoryError, add_organisation, add_user, list_users
 from maildesk.models import OutboxItem, Ticket, utcnow
@@ -31,8 +31,9 @@ org_app = typer.Typer(help="Customer organisations.", no_args_is_help=True)
 user_app = typer.Typer(help="Customers and agents.", no_args_is_help=True)
 ticket_app = typer.Typer(help="Tickets.", no_args_is_help=True)
 outbox_app = typer.Typer(help="Mail waiting to be sent.", no_args_is_help=True)
+inbox_app = typer.Typer(help="Incoming mail as it was kept.", no_args_is_help=True)
 for name, sub in (("db", db_app), ("org", org_app), ("user", user_app), ("ticket", ticket_app),
-                  ("outbox", outbox_app)):
+                  ("outbox", outbox_app), ("inbox", inbox_app)):
     app.add_typer(sub, name=name)
 
 
@@ -246,6 +247,153 @@ def outbox_send(ctx: typer.Context) -> None:
             break
     transport.close()
     typer.echo(f"sent {total_sent}, rescheduled {total_retried}, failed {total_failed}")
+
+
+@outbox_app.command("retry")
+def outbox_retry(ctx: typer.Context, outbox_id: Annotated[int, typer.Argument(metavar="ID")]) -> None:
+    """Try a failed outgoing mail again now."""
+    if not operations.requeue_outbox(_context(ctx).engine(), outbox_id):
+        fail(f"outbox {outbox_id} is not failed or pending")
+    typer.echo(f"outbox {outbox_id} queued; it is sent by the daemon or `maildesk outbox send`")
+
+
+@inbox_app.command("list")
+def inbox_list(ctx: typer.Context, state: Annotated[Optional[str], typer.Option(
+        help="failed, quarantined, held, processed, ignored or new")] = None,
+               as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List incoming mail with its processing state and reason."""
+    rows = operations.inbox_rows(_context(ctx).engine(), state)
+    if as_json:
+        print_json(rows)
+        return
+    for row in rows:
+        typer.echo(f"{row['id']:>6} {row['state']:<11} {row['attempts']} {row['sender'] or '-':<30} "
+                   f"{row['message_id'] or '-'} {row['reason']}".rstrip())
+
+
+@inbox_app.command("retry")
+def inbox_retry(ctx: typer.Context,
+                inbox_id: Annotated[Optional[int], typer.Argument(metavar="ID")] = None,
+                every: Annotated[bool, typer.Option("--all", help="Every failed, quarantined or held mail.")] = False
+                ) -> None:
+    """Process kept mail again (after a fix, or once its sender was added as a user)."""
+    if (inbox_id is None) == (not every):
+        fail("give an inbox ID or --all")
+    context = _context(ctx)
+    ids = operations.requeue_inbox(context.engine(), inbox_id)
+    if inbox_id is not None and not ids:
+        fail(f"inbox {inbox_id} is not failed, quarantined or held")
+    pipeline = Pipeline(context.settings, context.engine())
+    for outcome in filter(None, pipeline.process_many(ids)):
+        typer.echo(f"inbox {outcome.inbox_id}: {outcome.state} {outcome.ticket or ''} {outcome.reason}".rstrip())
+
+
+@app.command("check")
+def check(ctx: typer.Context) -> None:
+    """Check the configuration and connect to the database, IMAP and SMTP. Exit 0 only when all work."""
+    results = operations.check_all(_context(ctx).settings)
+    for result in results:
+        typer.echo(f"{'ok  ' if result.ok else 'FAIL'} {result.name}{'' if result.ok else ': ' + str(result.problem)}")
+    if not all(result.ok for result in results):
+        raise typer.Exit(1)
+
+
+@app.command("run")
+def run(ctx: typer.Context) -> None:
+    """Run the daemon: receive mail, process it, send the outbox, run the timers."""
+    from maildesk.daemon import Daemon
+    context = _context(ctx)
+    _configure_logging(context.settings)
+    daemon = Daemon(context.settings, context.engine())
+    settings = context.settings
+    embedded = not settings.imap_configured and not settings.smtp_configured
+    typer.echo("maildesk is running" + (" on its embedded defaults" if embedded else "") + ":")
+    for line in daemon.describe():
+        typer.echo(f"  {line}")
+    if not settings.imap_configured:
+        typer.echo(f"  send a test mail from another terminal: .venv/bin/maildesk send-test --from demo@example.com")
+    typer.echo("  stop with Ctrl-C")
+    daemon.install_signal_handlers()
+    daemon.run()
+
+
+@app.command("poll")
+def poll(ctx: typer.Context, once: Annotated[bool, typer.Option("--once", help="Fetch and process what is there now.")]
+         = False) -> None:
+    """Fetch mail from IMAP and process it (with --once: what is there now, then exit)."""
+    from maildesk.imap import ImapPoller
+    context = _context(ctx)
+    if not context.settings.imap_configured:
+        fail("MAILDESK_IMAP_HOST is not set: there is no mailbox to poll")
+    if not once:
+        fail("use `maildesk run` for continuous polling, or `maildesk poll --once`")
+    _configure_logging(context.settings)
+    pipeline = Pipeline(context.settings, context.engine())
+    with _progress() as progress:
+        poller = ImapPoller(context.settings, pipeline, on_progress=progress)
+        try:
+            report = poller.poll_once()
+        finally:
+            poller.close()
+    typer.echo(f"fetched {report.fetched}, new {report.stored_new}, processed {report.processed}, "
+               f"quarantined {report.quarantined}, moved {report.moved}")
+
+
+@app.command("send-test")
+def send_test(ctx: typer.Context,
+              sender: Annotated[str, typer.Option("--from", help="The sender (a known customer).")] = "demo@example.com",
+              subject: Annotated[str, typer.Option()] = "Printeris nedrukā / The printer does not print",
+              body: Annotated[str, typer.Option()] = "Labdien! The printer on the 3rd floor does not print.") -> None:
+    """Send a test mail to the running LMTP listener, as a mail server would."""
+    settings = _context(ctx).settings
+    try:
+        message_id = operations.send_test_mail(settings, sender, subject, body)
+    except OSError as error:
+        fail(f"cannot reach the LMTP listener on {settings.lmtp_host}:{settings.lmtp_port} "
+             f"({error}); is `maildesk run` running?")
+    typer.echo(f"delivered {message_id} from {sender}; see `maildesk ticket list` and {settings.sent_dir}/")
+
+
+@app.command("demo-users")
+def demo_users(ctx: typer.Context) -> None:
+    """Add a demo organisation, customer (demo@example.com) and agent, once, for trying maildesk."""
+    context = _context(ctx)
+    with store.transaction(context.engine()) as session:
+        if store.find_user("demo@example.com", session=session):
+            typer.echo("demo users already exist")
+            return
+        add_organisation("Demo Ltd", session=session, domains=["example.com"], language="en", service_level=None)
+        add_user("demo@example.com", session=session, name="Demo Customer", now=utcnow(), organisation="Demo Ltd",
+                 agent=False, responsible=True, language="en")
+        add_user("agent@example.com", session=session, name="Demo Agent", now=utcnow(), organisation=None,
+                 agent=True, responsible=False, language="en")
+    typer.echo("added Demo Ltd with demo@example.com (responsible customer) and agent@example.com (agent)")
+
+
+def _configure_logging(settings: Settings) -> None:
+    import logging
+    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
+class _progress:
+    """A progress bar on a terminal for a backlog; silent otherwise."""
+
+    def __enter__(self) -> Any:
+        self.bar: Any = None
+        return self
+
+    def __call__(self, done: int, total: int) -> None:
+        if total < 20 or not sys.stderr.isatty():
+            return
+        if self.bar is None:
+            import click
+            self.bar = click.progressbar(length=total, label="processing", file=sys.stderr).__enter__()
+        self.bar.update(done - self.bar.pos)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
 
 
 def _check_language(language: str | None) -> None:

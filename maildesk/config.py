@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -64,6 +65,7 @@ class Settings:
     smtp_timeout_seconds: int
     bounce_address: str
     outbox_retry_hours: int
+    worker_id: str
 
     def __repr__(self) -> str:
         shown = {field.name: ("***" if _is_secret(field.name) and getattr(self, field.name) else
@@ -206,6 +208,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SMTP_TIMEOUT_SECONDS", _integer(1, 600), "30"),
     Setting("BOUNCE_ADDRESS", _optional_address, ""),
     Setting("OUTBOX_RETRY_HOURS", _integer(1, 24 * 30), "48"),
+    Setting("WORKER_ID", _text, ""),
 )
 FILE_SETTINGS = ("SECRET_KEY", "IMAP_PASSWORD", "SMTP_PASSWORD")
 
@@ -270,6 +273,8 @@ def _derived(values: dict[str, Any]) -> Settings:
     if values["imap_host"] and not (values["imap_user"] and values["imap_password"]):
         missing = "MAILDESK_IMAP_USER" if not values["imap_user"] else "MAILDESK_IMAP_PASSWORD"
         raise ConfigError(missing, "required when MAILDESK_IMAP_HOST is set")
+    if not values["worker_id"]:
+        values["worker_id"] = socket.gethostname()
     if not values["bounce_address"]:
         values["bounce_address"] = values["support_address"]
     return Settings(**values)

@@ -128,11 +128,14 @@ def claim_due(engine: Engine, *, now: datetime, worker: str, limit: int = 100) -
     return claimed
 
 
-def release_stale_claims(engine: Engine, *, now: datetime) -> int:
-    """Rows left in `sending` by a worker that died go back to pending after the lease."""
+def release_stale_claims(engine: Engine, *, now: datetime, worker: str | None = None) -> int:
+    """Rows left in `sending` by a worker that died go back to pending: after the lease, or
+    at once when `worker` (the restarting daemon itself) held them."""
+    stale = OutboxItem.claimed_at < now - CLAIM_LEASE
+    if worker is not None:
+        stale = stale | (OutboxItem.claimed_by == worker)
     with store.transaction(engine) as session:
-        result = session.execute(update(OutboxItem).where(OutboxItem.status == "sending",
-                                                          OutboxItem.claimed_at < now - CLAIM_LEASE)
+        result = session.execute(update(OutboxItem).where(OutboxItem.status == "sending", stale)
                                  .values(status="pending", claimed_by=None))
         return int(result.rowcount)  # type: ignore[attr-defined]
 

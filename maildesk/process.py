@@ -198,6 +198,14 @@ class Pipeline:
         _log_outcome(outcome)
         return outcome
 
+    def release_own_claims(self) -> int:
+        """Rows this worker had claimed when it died go back to the queue at once."""
+        with store.transaction(self.engine) as session:
+            result = session.execute(update(InboxItem).where(InboxItem.state == State.PROCESSING.value,
+                                                             InboxItem.claimed_by == self.worker)
+                                     .values(state=State.NEW.value, claimed_by=None))
+            return int(result.rowcount)  # type: ignore[attr-defined]
+
     def pending_ids(self, *, states: tuple[str, ...] = RETRYABLE, limit: int = 1000) -> list[int]:
         with store.transaction(self.engine) as session:
             rows = session.exec(select(InboxItem.id).where(InboxItem.state.in_(states))  # type: ignore[call-overload, attr-defined]

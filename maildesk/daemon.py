@@ -1,0 +1,167 @@
+"""`maildesk run`: one process wiring a mail source, the pipeline, the outbox sender and timers.
+
+The source is the IMAP poller (when MAILDESK_IMAP_HOST is set) or the LMTP listener. The
+main thread processes what the listener stored, drives `schedule` timers and pings the
+systemd watchdog; a sender thread delivers the outbox as soon as work is queued. SIGTERM
+or SIGINT lets the message in hand finish, then everything stops cleanly.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import FrameType
+
+import schedule
+from sqlalchemy.engine import Engine, make_url
+
+from maildesk.config import Settings
+from maildesk.models import utcnow
+from maildesk.outbox import Transport, release_stale_claims, send_due
+from maildesk.process import Pipeline
+from maildesk.sdnotify import Notifier, watchdog_interval
+
+log = logging.getLogger("maildesk.daemon")
+IDLE_WAKE_SECONDS = 1.0
+OUTBOX_RECHECK_SECONDS = 15.0
+
+
+@dataclass
+class Signals:
+    """Events shared by the daemon's threads: stop everything, or send the outbox now."""
+
+    stop: threading.Event = field(default_factory=threading.Event)
+    outbox: threading.Event = field(default_factory=threading.Event)
+
+
+class Daemon:
+    def __init__(self, settings: Settings, engine: Engine, *, transport: Transport | None = None,
+                 clock: Callable[[], datetime] = utcnow) -> None:
+        from maildesk.smtp import transport_for
+        self.settings = settings
+        self.engine = engine
+        self.clock = clock
+        self.worker = settings.worker_id
+        self.pipeline = Pipeline(settings, engine, clock=clock, worker=self.worker)
+        self.transport = transport or transport_for(settings)
+        self.signals = Signals()
+        self.stored: queue.Queue[int] = queue.Queue()
+        self.systemd = Notifier()
+        self.scheduler = schedule.Scheduler()
+        self._threads: list[threading.Thread] = []
+        self._source_stop: Callable[[], None] = lambda: None
+
+    def describe(self) -> list[str]:
+        """What the daemon will do, in words for the admin (no secrets)."""
+        settings = self.settings
+        source = (f"IMAP {settings.imap_user}@{settings.imap_host}:{settings.imap_port} folder {settings.imap_folder}"
+                  if settings.imap_configured else f"LMTP listener on {settings.lmtp_host}:{settings.lmtp_port}")
+        sink = (f"SMTP {settings.smtp_host}:{settings.smtp_port}" if settings.smtp_configured
+                else f"the folder {settings.sent_dir}/ (no MAILDESK_SMTP_HOST set)")
+        return [f"incoming mail: {source}", f"outgoing mail: {sink}",
+                f"database: {make_url(settings.database_url).render_as_string(hide_password=True)}"]
+
+    def install_signal_handlers(self) -> None:
+        def stop(signum: int, _frame: FrameType | None) -> None:
+            log.info("received %s: finishing the message in hand, then stopping", signal.Signals(signum).name)
+            self.signals.stop.set()
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+
+    def start(self) -> None:
+        """Start the source and the sender; returns at once (run() then drives the main loop)."""
+        self._recover()
+        self._start_source()
+        sender = threading.Thread(target=self._sender_loop, name="outbox-sender", daemon=True)
+        sender.start()
+        self._threads.append(sender)
+        self.scheduler.every(1).minutes.do(self._minutely)
+        interval = watchdog_interval()
+        if interval:
+            self.scheduler.every(max(int(interval), 1)).seconds.do(self.systemd.watchdog)
+        self.systemd.ready("; ".join(self.describe()))
+
+    def run(self) -> None:
+        """The main loop until a stop signal: process stored mail, run timers, ping the watchdog."""
+        self.start()
+        try:
+            while not self.signals.stop.is_set():
+                self._process_stored(timeout=IDLE_WAKE_SECONDS)
+                self.scheduler.run_pending()
+        finally:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        self.systemd.stopping()
+        self.signals.stop.set()
+        self._source_stop()
+        self._process_stored(timeout=0)
+        self.signals.outbox.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+        self.transport.close()
+        log.info("stopped")
+
+    def _start_source(self) -> None:
+        if self.settings.imap_configured:
+            from maildesk.imap import ImapPoller
+            poller = ImapPoller(self.settings, self.pipeline, stop_event=self.signals.stop,
+                                on_progress=lambda _done, _total: self.signals.outbox.set())
+            thread = threading.Thread(target=poller.run_forever, name="imap-poller", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+            self._source_stop = poller.close
+            return
+        from maildesk.lmtp import LmtpServer
+        server = LmtpServer(self.settings, self.pipeline, on_stored=self.stored.put)
+        server.start()
+        self._source_stop = server.stop
+
+    def _process_stored(self, *, timeout: float) -> None:
+        """Process what the listener stored; one at a time so a stop never cuts a message."""
+        try:
+            inbox_id = self.stored.get(timeout=timeout) if timeout else self.stored.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            self.pipeline.process_inbox_item(inbox_id)
+            self.signals.outbox.set()
+            if self.signals.stop.is_set():
+                return
+            try:
+                inbox_id = self.stored.get_nowait()
+            except queue.Empty:
+                return
+
+    def _sender_loop(self) -> None:
+        """Deliver due outbox rows whenever work is queued, and every few seconds for retries."""
+        while True:
+            self.signals.outbox.wait(timeout=OUTBOX_RECHECK_SECONDS)
+            self.signals.outbox.clear()
+            try:
+                while send_due(self.engine, self.settings, self.transport, now=self.clock(), worker=self.worker).sent:
+                    pass
+            except Exception:
+                log.exception("outbox sender failed; retrying shortly")
+            if self.signals.stop.is_set():
+                return
+
+    def _minutely(self) -> None:
+        """Housekeeping that is safe to run twice: stale claims, failed mail to retry."""
+        now = self.clock()
+        release_stale_claims(self.engine, now=now)
+        for inbox_id in self.pipeline.pending_ids():
+            self.stored.put(inbox_id)
+        self.signals.outbox.set()
+
+    def _recover(self) -> None:
+        """After a crash: this worker's claims are released and stored mail is processed now."""
+        self.pipeline.release_own_claims()
+        release_stale_claims(self.engine, now=self.clock(), worker=self.worker)
+        for inbox_id in self.pipeline.pending_ids():
+            self.stored.put(inbox_id)
