@@ -17,6 +17,7 @@ $(VENV)/.installed: pyproject.toml
 
 run: setup
 	$(BIN)/maildesk db upgrade
+	$(BIN)/maildesk demo-users
 	$(BIN)/maildesk run
 
 test: setup
