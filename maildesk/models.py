@@ -79,6 +79,7 @@ class Ticket(SQLModel, table=True):
     assignee: str | None = Field(default=None, max_length=320)
     holder: str = Field(default="agents", max_length=20)
     estimate_minutes: int | None = Field(default=None)
+    estimate_version: int = Field(default=0, description="bumped on every estimate: voids older approvals")
     due_date: date | None = Field(default=None)
     channel: str = Field(default="email", max_length=10)
     thread_id: str = Field(default="", max_length=500, description="Message-ID that started the thread")
@@ -125,6 +126,7 @@ class Message(SQLModel, table=True):
     new_text: str = Field(default="", sa_column=Column(Text, nullable=False))
     full_text: str = Field(default="", sa_column=Column(Text, nullable=False))
     internal: bool = Field(default=False)
+    unverified: bool = Field(default=False, description="a command in it could not be verified as the sender's")
     inbox_id: int | None = Field(default=None, foreign_key="inbox.id")
     outbox_id: int | None = Field(default=None, foreign_key="outbox.id")
     created_at: datetime = _when()  # type: ignore[assignment]
@@ -197,3 +199,14 @@ class ImapCursor(SQLModel, table=True):
     folder: str = Field(primary_key=True, max_length=300)
     uidvalidity: int = Field(default=0, sa_type=BigInteger)
     last_uid: int = Field(default=0, sa_type=BigInteger)
+
+
+class ConsumedToken(SQLModel, table=True):
+    """A reply token that already approved something: a replay of it is a no-op."""
+
+    __tablename__ = "consumed_tokens"
+
+    token: str = Field(primary_key=True, max_length=200)
+    ticket_id: int = Field(foreign_key="tickets.id")
+    inbox_id: int | None = Field(default=None, foreign_key="inbox.id")
+    at: datetime = _when()  # type: ignore[assignment]
