@@ -66,6 +66,11 @@ class Settings:
     bounce_address: str
     outbox_retry_hours: int
     worker_id: str
+    trusted_authserv_ids: tuple[str, ...]
+    require_dmarc_for_approvals: bool
+    address_separator: str
+    ack_limit_per_hour: int
+    answer_limit_per_hour: int
 
     def __repr__(self) -> str:
         shown = {field.name: ("***" if _is_secret(field.name) and getattr(self, field.name) else
@@ -146,6 +151,13 @@ def _optional_address(value: str) -> str:
     return _address(value) if value.strip() else ""
 
 
+def _word_list(value: str) -> tuple[str, ...]:
+    words = tuple(word.strip().lower() for word in value.replace(",", " ").split() if word.strip())
+    if any(not re.fullmatch(r"[a-z0-9.\-]+", word) for word in words):
+        raise ValueError("expected host names separated by commas, such as mx.example.com")
+    return words
+
+
 def _prefix(value: str) -> str:
     prefix = value.strip().upper()
     if not re.fullmatch(r"[A-Z][A-Z0-9]{0,9}", prefix):
@@ -209,6 +221,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("BOUNCE_ADDRESS", _optional_address, ""),
     Setting("OUTBOX_RETRY_HOURS", _integer(1, 24 * 30), "48"),
     Setting("WORKER_ID", _text, ""),
+    Setting("TRUSTED_AUTHSERV_IDS", lambda value: _word_list(value), ""),
+    Setting("REQUIRE_DMARC_FOR_APPROVALS", _boolean, "true"),
+    Setting("ADDRESS_SEPARATOR", _one_of("+", "-", "=", "_"), "+"),
+    Setting("ACK_LIMIT_PER_HOUR", _integer(0, 10000), "5"),
+    Setting("ANSWER_LIMIT_PER_HOUR", _integer(1, 10000), "10"),
 )
 FILE_SETTINGS = ("SECRET_KEY", "IMAP_PASSWORD", "SMTP_PASSWORD")
 
