@@ -13,24 +13,28 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlmodel import Session
 
 from maildesk import store
 from maildesk.config import Settings
+from maildesk.core.authorize import authorize
+from maildesk.core.classify import Classification
 from maildesk.core.commands import ParsedCommand, ParsedCommands, parse_commands
 from maildesk.core.mail import InboundMail
 from maildesk.core.workflow import (
     Audience, Command, Decision, Rejected, TicketState, decide, possible_commands, with_status,
 )
-from maildesk.models import Attachment, InboxItem, Message, OutboxItem, Ticket, User
+from maildesk.models import Attachment, ConsumedToken, InboxItem, Message, OutboxItem, Ticket, User
 from maildesk.notify import NEVER_MAIL, Notifier, Recipient, Thread
+from maildesk.verify import Sender
 from maildesk.tickets import (
     NewTicketData, actor_of, add_customer, apply_decision, create_ticket, notices_for_new_ticket, refuse, state_of,
 )
 
 REPLY_PREFIX = re.compile(r"^\s*((re|fw|fwd|aw|wg|sv|vs|atb|pārs|pars)\s*(\[\d+\])?\s*:\s*)+", re.IGNORECASE)
 UNKNOWN_SENDER_QUIET = timedelta(days=1)
+HOUR = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -65,12 +69,21 @@ class MailHandler:
         ticket = create_ticket(data, session=session, settings=self.settings, now=now, actor=user.address)
         self.save_message(mail, item, ticket, session=session, now=now, internal=False)
         thread = Thread(in_reply_to=thread_id, references=mail.references)
-        self.notifier.notify(ticket, notices_for_new_ticket(), session=session, actor=user.address, now=now,
+        notices = notices_for_new_ticket()
+        limited = (self._count_sent("ticket_created", user.address, HOUR, session=session, now=now)
+                   >= self.settings.ack_limit_per_hour or not self.may_answer(user.address, session=session, now=now))
+        if limited:
+            notices = tuple(notice for notice in notices if notice[0] != "ticket_created")
+            store.add_event(session=session, ticket_id=ticket.id, at=now, actor=user.address, command="ACKNOWLEDGE",
+                            to_status=ticket.status, outcome="ignored",
+                            reason="rate_limited: too many acknowledgements to this sender in the last hour")
+        self.notifier.notify(ticket, notices, session=session, actor=user.address, now=now,
                              thread=thread, extra={"channel": "email"})
-        return Handled("processed", "new ticket", ticket.id, ticket.key)
+        return Handled("processed", "new ticket (acknowledgement rate-limited)" if limited else "new ticket",
+                       ticket.id, ticket.key)
 
-    def reply(self, mail: InboundMail, item: InboxItem, ticket: Ticket, user: User, *, session: Session,
-              now: datetime) -> Handled:
+    def reply(self, mail: InboundMail, item: InboxItem, ticket: Ticket, user: User, sender: Sender, *,
+              session: Session, now: datetime) -> Handled:
         actor = actor_of(user, session=session)
         parsed = parse_commands(mail.new_text)
         thread = Thread(in_reply_to=mail.message_id, references=tuple(dict.fromkeys((ticket.thread_id,
@@ -85,12 +98,74 @@ class MailHandler:
                    ignored=parsed.ignored)
             return Handled("processed", "refused: other organisation", ticket.id, ticket.key)
         internal = parsed.internal and actor.is_agent
+        if parsed.commands and isinstance(self.check(parsed.commands[0], state, actor_user=user, session=session,
+                                                     now=now), Decision):
+            refusal = self.unauthorised(parsed, ticket, sender, session=session)
+            if refusal:
+                return self.unverified(mail, item, ticket, user, parsed, refusal, session=session, now=now)
         self.save_message(mail, item, ticket, session=session, now=now, internal=internal)
         if not parsed.commands:
             self.comment(ticket, user, parsed.comment, internal, session=session, now=now, thread=thread)
             return Handled("processed", "internal note" if internal else "comment", ticket.id, ticket.key)
+        if self.replayed_approval(parsed, ticket, sender, item, session=session, now=now):
+            return Handled("processed", "token_consumed: approval already used", ticket.id, ticket.key)
         outcome = self.run_commands(ticket, state, user, parsed, internal, session=session, now=now, thread=thread)
         return Handled("processed", outcome, ticket.id, ticket.key)
+
+    def unauthorised(self, parsed: ParsedCommands, ticket: Ticket, sender: Sender, *, session: Session) -> str:
+        """'' when every command in the mail passes the rule for commands, else why not."""
+        for command in parsed.commands:
+            problem = authorize(command.request.command, sender.evidence, ticket_key=ticket.key,
+                                estimate_version=ticket.estimate_version,
+                                require_both_for_approvals=self.settings.require_dmarc_for_approvals)
+            if problem:
+                return f"{command.request.command.value}: {problem}"
+        return ""
+
+    def replayed_approval(self, parsed: ParsedCommands, ticket: Ticket, sender: Sender, item: InboxItem, *,
+                          session: Session, now: datetime) -> bool:
+        """A token approves an estimate once: record it, or report a replay (a no-op)."""
+        if sender.token is None or not any(c.request.command == Command.ACCEPT_ESTIMATE for c in parsed.commands):
+            return False
+        if session.get(ConsumedToken, sender.token) is not None:
+            store.add_event(session=session, ticket_id=ticket.id, at=now, actor=sender.identity.address or "",
+                            command="ACCEPT THE ESTIMATE", from_status=ticket.status, to_status=ticket.status,
+                            outcome="ignored", reason="token_consumed: this approval was already used")
+            return True
+        session.add(ConsumedToken(token=sender.token, ticket_id=ticket.id, inbox_id=item.id, at=now))
+        return False
+
+    def unverified(self, mail: InboundMail, item: InboxItem, ticket: Ticket, user: User, parsed: ParsedCommands,
+                   problem: str, *, session: Session, now: datetime) -> Handled:
+        """Nothing changes: an internal note marked unverified, an audit event, and one request
+        to confirm, sent to the address on file (never to whoever sent this mail)."""
+        message = self.save_message(mail, item, ticket, session=session, now=now, internal=True)
+        message.unverified = True
+        session.add(message)
+        line = parsed.processed[0] if parsed.processed else ""
+        store.add_event(session=session, ticket_id=ticket.id, at=now, actor=user.address, command=line,
+                        from_status=ticket.status, to_status=ticket.status, outcome="unverified", reason=problem)
+        if not self._sent_recently("confirm_request", user.address, ticket.id, UNKNOWN_SENDER_QUIET,
+                                   session=session, now=now):
+            purpose = "estimate" if any(c.request.command == Command.ACCEPT_ESTIMATE for c in parsed.commands) \
+                else "reply"
+            self.notifier.queue("confirm_request", self.notifier.recipient_for(user, session=session), ticket=ticket,
+                                session=session, actor="", now=now, thread=Thread(in_reply_to=ticket.thread_id),
+                                extra={"command": line}, token_purpose=purpose)
+        return Handled("processed", f"unverified: {problem}", ticket.id, ticket.key)
+
+    def machine_mail(self, mail: InboundMail, item: InboxItem, ticket: Ticket | None, user: User | None,
+                     classification: Classification, *, session: Session, now: datetime) -> Handled:
+        """Auto-replies, bounces and list mail: kept, logged with their class, never answered,
+        never a command, never a new ticket, never a reopen or a clock change (RFC 3834)."""
+        reason = f"{classification.kind}: {classification.reason}"
+        if ticket is not None and user is not None:
+            message = self.save_message(mail, item, ticket, session=session, now=now, internal=True)
+            store.add_event(session=session, ticket_id=ticket.id, at=now, actor=user.address,
+                            command=classification.kind.upper().replace("_", " "), from_status=ticket.status,
+                            to_status=ticket.status, outcome="ignored", reason=reason)
+            return Handled("processed", f"kept as a note: {reason}", ticket.id, ticket.key)
+        return Handled("ignored", reason)
 
     def run_commands(self, ticket: Ticket, state: TicketState, user: User, parsed: ParsedCommands, internal: bool,
                      *, session: Session, now: datetime, thread: Thread) -> str:
@@ -168,10 +243,16 @@ class MailHandler:
         self.notifier.notify(ticket, (("comment", audience),), session=session, actor=user.address, now=now,
                              thread=thread, extra={"comment": text, "internal": False})
 
-    def unknown_sender(self, mail: InboundMail, item: InboxItem, *, session: Session, now: datetime) -> Handled:
-        """Held, not ticketed; one polite answer per address per day explains how to get access."""
-        address = mail.from_address
-        if not address or NEVER_MAIL.match(address) or self._answered_recently(address, session=session, now=now):
+    def unknown_sender(self, mail: InboundMail, item: InboxItem, sender: Sender, *, session: Session,
+                       now: datetime) -> Handled:
+        """Held, not ticketed; one polite answer per address per day explains how to get access.
+        A From that cannot be trusted is held without any answer."""
+        if not sender.evidence.from_trusted or sender.identity.address is None:
+            return Handled("held", f"untrusted From: {sender.identity.reason}")
+        address = sender.identity.address
+        if (NEVER_MAIL.match(address) or self._sent_recently("unknown_sender", address, None, UNKNOWN_SENDER_QUIET,
+                                                             session=session, now=now)
+                or not self.may_answer(address, session=session, now=now)):
             return Handled("held", "unknown sender (not answered again)")
         recipient = Recipient(address, mail.from_name, "customer", self.settings.language)
         self.notifier.queue("unknown_sender", recipient, ticket=None, session=session, actor="", now=now,
@@ -179,11 +260,26 @@ class MailHandler:
                             extra={"original_subject": mail.subject[:200]})
         return Handled("held", "unknown sender")
 
-    def _answered_recently(self, address: str, *, session: Session, now: datetime) -> bool:
-        query = (select(OutboxItem.id).where(OutboxItem.template == "unknown_sender",
-                                             OutboxItem.to_addresses == json.dumps([address]),
-                                             OutboxItem.created_at > now - UNKNOWN_SENDER_QUIET).limit(1))
-        return session.execute(query).first() is not None
+    def _sent_recently(self, template: str, address: str, ticket_id: int | None, within: timedelta, *,
+                       session: Session, now: datetime) -> bool:
+        query = select(OutboxItem.id).where(OutboxItem.template == template,
+                                            OutboxItem.to_addresses == json.dumps([address]),
+                                            OutboxItem.created_at > now - within)
+        if ticket_id is not None:
+            query = query.where(OutboxItem.ticket_id == ticket_id)
+        return session.execute(query.limit(1)).first() is not None
+
+    def _count_sent(self, template: str, address: str, within: timedelta, *, session: Session, now: datetime) -> int:
+        query = select(func.count()).select_from(OutboxItem).where(
+            OutboxItem.template == template, OutboxItem.to_addresses == json.dumps([address]),
+            OutboxItem.created_at > now - within)
+        return int(session.execute(query).scalar_one())
+
+    def may_answer(self, address: str, *, session: Session, now: datetime) -> bool:
+        """The circuit breaker: an address that keeps writing gets no automatic answers."""
+        query = select(func.count()).select_from(InboxItem).where(InboxItem.sender == address,
+                                                                  InboxItem.received_at > now - HOUR)
+        return int(session.execute(query).scalar_one()) < self.settings.answer_limit_per_hour
 
     def save_message(self, mail: InboundMail, item: InboxItem, ticket: Ticket, *, session: Session,
                      now: datetime, internal: bool) -> Message:

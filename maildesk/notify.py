@@ -22,6 +22,7 @@ from sqlmodel import Session
 from maildesk import store
 from maildesk.config import Settings
 from maildesk.core.effort import format_effort
+from maildesk.core.tokens import make_token, message_id_with_token, reply_address
 from maildesk.core.workflow import Audience
 from maildesk.models import Message, Organisation, OutboxItem, Ticket, User
 from maildesk.render import Renderer
@@ -29,6 +30,7 @@ from maildesk.render import Renderer
 UNSAFE_HEADER_CHARACTERS = re.compile("[\r\n\x00\u2028\u2029]+")
 MAX_HEADER_TEXT = 200
 LOOP_HEADER = "X-Maildesk-Loop"
+TOKEN_PURPOSES = {"estimate_request": "estimate"}
 NEVER_MAIL = re.compile(r"^(mailer-daemon|postmaster|no-?reply|do-?not-?reply|abuse|root)@", re.IGNORECASE)
 
 
@@ -109,20 +111,26 @@ class Notifier:
         return queued
 
     def queue(self, template: str, recipient: Recipient, *, ticket: Ticket | None, session: Session,
-              actor: str, now: datetime, thread: Thread, extra: Mapping[str, Any] | None = None) -> OutboxItem:
-        """Render one notification for one person and add it to the outbox (and the thread)."""
+              actor: str, now: datetime, thread: Thread, extra: Mapping[str, Any] | None = None,
+              token_purpose: str | None = None) -> OutboxItem:
+        """Render one notification for one person and add it to the outbox (and the thread).
+
+        Mail about a ticket carries the recipient's reply token in its Reply-To and its
+        Message-ID, so that the answer proves which notification it answers, and to whom it went.
+        """
         context = self.context(ticket, recipient, actor, session=session)
+        reply_to, message_id = self.addresses(ticket, recipient, token_purpose or TOKEN_PURPOSES.get(template, "reply"))
+        context["reply_address"] = reply_to
         context.update(extra or {})
         rendered = self.renderer.render(template, recipient.language, context)
-        key = ticket.key if ticket is not None else None
         references = tuple(dict.fromkeys(ref for ref in (*thread.references, thread.in_reply_to) if ref))
         item = OutboxItem(
             ticket_id=ticket.id if ticket is not None else None,
-            message_id=new_message_id(self.settings, key),
+            message_id=message_id,
             in_reply_to=thread.in_reply_to,
             references=" ".join(references),
             to_addresses=json.dumps([recipient.address]),
-            reply_to=self.settings.support_address,
+            reply_to=reply_to,
             subject=header_safe(rendered.subject, 300),
             template=template,
             language=recipient.language,
@@ -141,6 +149,16 @@ class Notifier:
                                 subject=item.subject, new_text=rendered.text, full_text=rendered.text,
                                 outbox_id=item.id, created_at=now, internal=recipient.role != "customer"))
         return item
+
+    def addresses(self, ticket: Ticket | None, recipient: Recipient, purpose: str) -> tuple[str, str]:
+        """Reply-To and Message-ID: with the recipient's token when the mail is about a ticket."""
+        if ticket is None:
+            return self.settings.support_address, new_message_id(self.settings, None)
+        version = ticket.estimate_version if purpose == "estimate" else 0
+        token = make_token(self.settings.secret_key.encode("utf-8"), ticket=ticket.key, recipient=recipient.address,
+                           purpose=purpose, version=version)
+        return (reply_address(self.settings.support_address, token, self.settings.address_separator),
+                message_id_with_token(token, self.settings.support_domain, secrets.token_hex(8)))
 
     def context(self, ticket: Ticket | None, recipient: Recipient, actor: str, *,
                 session: Session) -> dict[str, Any]:

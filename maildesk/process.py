@@ -25,12 +25,14 @@ from sqlmodel import Session
 from maildesk import store
 from maildesk.config import Settings
 from maildesk.core.mail import InboundMail
-from maildesk.core.route import Ignore, NewTicket, Reply, route, subject_key, thread_ids
+from maildesk.core.classify import classify
+from maildesk.core.route import NewTicket, route, subject_key, thread_ids
 from maildesk.handle import Handled, MailHandler
 from maildesk.models import InboxItem, utcnow
-from maildesk.notify import Notifier
+from maildesk.notify import LOOP_HEADER, Notifier
 from maildesk.parse import ParseError, parse_mail
 from maildesk.render import Renderer, default_templates_dir
+from maildesk.verify import Sender, examine
 
 log = logging.getLogger("maildesk.process")
 MAX_ATTEMPTS = 3
@@ -166,25 +168,35 @@ class Pipeline:
         return outcome
 
     def _handle(self, mail: InboundMail, item: InboxItem, session: Session) -> Handled:
+        """Classify, identify, route, then hand the mail to the handler for its route."""
         now = self.clock()
-        if mail.from_address == self.settings.support_address:
-            return Handled(State.IGNORED.value, "mail from our own support address")
-        key_by_headers = None
-        if not _has_subject_key(mail, self.settings):
-            key_by_headers = store.ticket_key_by_message_ids(thread_ids(mail.in_reply_to, mail.references),
-                                                             session=session)
-        decision = route(mail.subject, self.settings.ticket_prefix, key_by_headers)
-        if isinstance(decision, Ignore):
-            return Handled(State.IGNORED.value, decision.reason)
-        user = store.find_user(mail.from_address, session=session)
-        if user is None:
-            return self.handler.unknown_sender(mail, item, session=session, now=now)
-        if isinstance(decision, Reply):
-            ticket = store.find_ticket(decision.key, session=session)
-            if ticket is not None:
-                return self.handler.reply(mail, item, ticket, user, session=session, now=now)
+        classification = classify(mail, support_address=self.settings.support_address,
+                                  own_domain=self.settings.support_domain, loop_header=LOOP_HEADER)
+        sender = examine(mail, self.settings)
+        address = sender.identity.address or mail.from_address
+        key = self._ticket_key(mail, sender, session=session)
+        ticket = store.find_ticket(key, session=session) if key else None
+        user = store.find_user(address, session=session) if address else None
+        if classification.kind == "own_loop":
+            return Handled(State.IGNORED.value, f"own mail coming back ({classification.reason})")
+        if classification.is_machine:
+            return self.handler.machine_mail(mail, item, ticket, user, classification, session=session, now=now)
+        if user is None or not sender.evidence.from_trusted:
+            return self.handler.unknown_sender(mail, item, sender, session=session, now=now)
+        if ticket is not None:
+            return self.handler.reply(mail, item, ticket, user, sender, session=session, now=now)
+        decision = route(mail.subject, self.settings.ticket_prefix, None)
         new_type = decision.type if isinstance(decision, NewTicket) else None
         return self.handler.new_ticket(mail, item, user, new_type, session=session, now=now)
+
+    def _ticket_key(self, mail: InboundMail, sender: Sender, *, session: Session) -> str | None:
+        """The ticket a mail belongs to: by verified token, then subject token, then headers."""
+        if sender.evidence.claims is not None:
+            return sender.evidence.claims.ticket
+        key = subject_key(mail.subject, self.settings.ticket_prefix)
+        if key and store.find_ticket(key, session=session):
+            return key
+        return store.ticket_key_by_message_ids(thread_ids(mail.in_reply_to, mail.references), session=session)
 
     def _finish_failure(self, inbox_id: int, reason: str, started: float, *, quarantine: bool,
                         message_id: str = "") -> Outcome:
@@ -211,10 +223,6 @@ class Pipeline:
             rows = session.exec(select(InboxItem.id).where(InboxItem.state.in_(states))  # type: ignore[call-overload, attr-defined]
                                 .order_by(InboxItem.id).limit(limit)).all()
         return [row[0] for row in rows]
-
-
-def _has_subject_key(mail: InboundMail, settings: Settings) -> bool:
-    return subject_key(mail.subject, settings.ticket_prefix) is not None
 
 
 def _quick_message_id(raw: bytes) -> str:

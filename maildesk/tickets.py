@@ -85,6 +85,7 @@ def apply_decision(ticket: Ticket, decision: Decision, *, session: Session, noti
     ticket.agent = decision.agent
     if request.command == Command.ESTIMATE:
         ticket.estimate_minutes, ticket.due_date = request.minutes, request.due
+        ticket.estimate_version += 1
     elif request.command == Command.TYPE:
         ticket.type = request.argument
     elif request.command == Command.ASSIGN:
