@@ -1,0 +1,133 @@
+"""The LMTP listener (LMTP -> inbox) with a real LMTP client (smtplib.LMTP) on 127.0.0.1.
+
+smtplib's `data()` reads one reply; RFC 2033 gives one per accepted recipient, so the
+tests read the rest with `getreply()`, as an MTA does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import smtplib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, func, select
+from sqlalchemy.engine import Engine
+
+from maildesk import store
+from maildesk.config import Settings, load_settings
+from maildesk.lmtp import LmtpServer
+from maildesk.models import InboxItem
+from maildesk.process import Pipeline
+from tests.mailbuilder import make_mail
+
+SUPPORT, HELPDESK, ANNA = "support@desk.example", "helpdesk@desk.example", "anna@acme.example"
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    env_file = tmp_path / "empty.env"
+    env_file.write_text("")
+    settings = load_settings(env_file=env_file, environ={
+        "MAILDESK_DATA_DIR": str(tmp_path / "var"), "MAILDESK_SUPPORT_ADDRESS": SUPPORT,
+        "MAILDESK_LANGUAGE": "en", "MAILDESK_LMTP_HOST": "127.0.0.1", "MAILDESK_MAX_MESSAGE_BYTES": "4096"})
+    return dataclasses.replace(settings, lmtp_port=0)  # the OS picks a free port
+
+
+@pytest.fixture
+def engine(settings: Settings) -> Engine:
+    engine = store.make_engine(settings.database_url)
+    store.upgrade(engine)
+    return engine
+
+
+class Listener:
+    """A running LmtpServer and what it handed to `on_stored`."""
+
+    def __init__(self, settings: Settings, pipeline: Pipeline) -> None:
+        self.stored: list[int] = []
+        self.server = LmtpServer(settings, pipeline, on_stored=self.stored.append)
+
+    def client(self) -> smtplib.LMTP:
+        client = smtplib.LMTP("127.0.0.1", self.server.port, timeout=10)
+        client.ehlo()  # LHLO for smtplib.LMTP
+        return client
+
+
+@pytest.fixture
+def listener(settings: Settings, engine: Engine) -> Iterator[Listener]:
+    listener = Listener(settings, Pipeline(settings, engine))
+    listener.server.start()
+    yield listener
+    listener.server.stop()
+
+
+def deliver(client: smtplib.LMTP, raw: bytes, recipients: list[str]) -> list[tuple[int, bytes]]:
+    """MAIL, RCPT per recipient, DATA; returns the per-recipient replies to DATA."""
+    assert client.mail(ANNA)[0] == 250
+    for recipient in recipients:
+        assert client.rcpt(recipient)[0] == 250
+    return [client.data(raw), *(client.getreply() for _ in recipients[1:])]
+
+
+def inbox_rows(engine: Engine) -> list[InboxItem]:
+    with store.transaction(engine) as session:
+        return list(session.execute(select(InboxItem).order_by(InboxItem.id)).scalars())
+
+
+def test_a_mail_for_two_recipients_is_stored_before_both_get_250(listener: Listener, engine: Engine) -> None:
+    raw = make_mail(ANNA, "Printer does not print", "The printer is broken.", to=SUPPORT)
+    with listener.client() as client:
+        replies = deliver(client, raw, [SUPPORT, HELPDESK])
+        rows = inbox_rows(engine)  # read before the session ends: the 250s promised a commit
+    [item] = rows
+    assert replies == [(250, f"2.0.0 stored as inbox {item.id}".encode())] * 2
+    assert (item.raw, item.source, item.state) == (raw, "lmtp", "new")
+    assert listener.stored == [item.id]
+
+
+def test_the_same_mail_delivered_twice_is_stored_once(listener: Listener, engine: Engine) -> None:
+    raw = make_mail(ANNA, "Printer does not print", "The printer is broken.", to=SUPPORT)
+    with listener.client() as client:
+        first = deliver(client, raw, [SUPPORT])
+        again = deliver(client, raw, [SUPPORT])
+    assert first == again and len(inbox_rows(engine)) == 1
+
+
+def test_when_the_database_cannot_store_every_recipient_gets_451_and_nothing_is_kept(
+        settings: Settings, engine: Engine, tmp_path: Path) -> None:
+    database = settings.database_url.split("///", 1)[1]
+    read_only = create_engine(f"sqlite:///file:{database}?mode=ro&uri=true")  # a real write failure
+    listener = Listener(settings, Pipeline(settings, read_only))
+    listener.server.start()
+    try:
+        raw = make_mail(ANNA, "Printer does not print", "The printer is broken.", to=SUPPORT)
+        with listener.client() as client:
+            replies = deliver(client, raw, [SUPPORT, HELPDESK])
+    finally:
+        listener.server.stop()
+    assert replies == [(451, b"4.3.0 cannot store the message, try again later")] * 2
+    assert inbox_rows(engine) == [] and listener.stored == []
+
+
+def test_a_mail_over_the_size_limit_is_refused_with_552_per_recipient(listener: Listener, engine: Engine) -> None:
+    raw = make_mail(ANNA, "A big attachment", "line of text\n" * 1000, to=SUPPORT)
+    assert len(raw) > 4096
+    with listener.client() as client:
+        replies = deliver(client, raw, [SUPPORT, HELPDESK])
+        assert client.noop()[0] == 250  # the session is still in step: no reply is left unread
+    assert [code for code, _ in replies] == [552, 552]
+    assert inbox_rows(engine) == [] and listener.stored == []
+
+
+def test_a_client_announcing_a_size_over_the_limit_is_refused_at_mail_from(listener: Listener) -> None:
+    raw = make_mail(ANNA, "A big attachment", "line of text\n" * 1000, to=SUPPORT)
+    with listener.client() as client, pytest.raises(smtplib.SMTPSenderRefused) as refused:
+        client.sendmail(ANNA, [SUPPORT], raw)  # smtplib sends SIZE= because the LHLO reply offers it
+    assert refused.value.smtp_code == 552
+
+
+def test_the_listener_speaks_lmtp_not_smtp(listener: Listener) -> None:
+    with smtplib.SMTP("127.0.0.1", listener.server.port, timeout=10) as client:
+        assert client.ehlo()[0] == 500
