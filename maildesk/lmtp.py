@@ -22,7 +22,7 @@ from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from maildesk.config import Settings
-from maildesk.process import Pipeline, _quick_message_id
+from maildesk.process import Pipeline, quick_message_id
 
 log = logging.getLogger("maildesk.lmtp")
 TEMPORARY_FAILURE = "451 4.3.0 cannot store the message, try again later"
@@ -53,7 +53,7 @@ class LmtpHandler:
         except Exception:
             log.exception("cannot store a %d-byte message from %s; answered 451", len(raw), envelope.mail_from)
             return _per_recipient(TEMPORARY_FAILURE, envelope)
-        log.info("message_id=%s inbox=%d stored from LMTP (%s)", _quick_message_id(raw) or "-", stored.inbox_id,
+        log.info("message_id=%s inbox=%d stored from LMTP (%s)", quick_message_id(raw) or "-", stored.inbox_id,
                  "new" if stored.new else "already stored")
         try:
             self.on_stored(stored.inbox_id)

@@ -90,7 +90,7 @@ class Pipeline:
         try:
             with store.transaction(self.engine) as session:
                 item = InboxItem(received_at=self.clock(), source=source, sha256=digest, size=len(raw), raw=raw,
-                                 message_id=_quick_message_id(raw))
+                                 message_id=quick_message_id(raw))
                 session.add(item)
                 session.flush()
                 assert item.id is not None
@@ -225,7 +225,7 @@ class Pipeline:
         return [row[0] for row in rows]
 
 
-def _quick_message_id(raw: bytes) -> str:
+def quick_message_id(raw: bytes) -> str:
     """The Message-ID header from the raw bytes, for logs before the mail is parsed."""
     head = raw[:65536].split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
     for line in head.splitlines():
