@@ -1,0 +1,24 @@
+"""Shared fixtures: a fresh desk per test; real servers come from tests/servers.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.desk import Desk, standard_people
+
+pytest_plugins = ["tests.servers"]
+
+
+@pytest.fixture
+def desk(tmp_path: Path) -> Desk:
+    """An empty desk on its own SQLite database."""
+    return Desk(tmp_path)
+
+
+@pytest.fixture
+def people(desk: Desk) -> Desk:
+    """A desk with the standard organisations, customers and agents."""
+    standard_people(desk)
+    return desk
