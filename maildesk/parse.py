@@ -1,0 +1,474 @@
+"""Raw bytes -> `InboundMail`: the parse stage, and the only module that imports mail-parser.
+
+Flow: transport -> inbox -> **parse** -> route -> commands -> workflow -> store -> notify ->
+outbox -> SMTP. mail-parser is the front door: it reads the bytes once, and we take its
+addresses, date and attachments. For what it gets wrong for our customers we read the
+`email.message.Message` tree it already built, never parsing twice:
+- it silently drops 8-bit header bytes ("lietotājs" in raw windows-1257 became "lietotjs"),
+  so every header is decoded here from the stdlib's raw values, trying utf-8 then windows-1257
+  (iso-8859-13 agrees with windows-1257 on every Latvian letter);
+- body parts without a charset, or with a wrong one, fall back to utf-8, then windows-1257.
+
+Anything that cannot be understood becomes `ParseError`; the caller quarantines the message.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import codecs
+import logging
+import re
+from datetime import datetime
+from email.errors import HeaderParseError
+from email.header import decode_header
+from email.message import Message
+from email.utils import getaddresses
+from html.parser import HTMLParser
+from typing import Any, Final
+
+import mailparser
+
+from maildesk.core.mail import Attachment, InboundMail
+from maildesk.quotes import new_text
+
+# mail-parser warns for every part type it has no use for (images, calendars): normal mail,
+# and it would drown the log lines that name a Message-ID. Its errors still come through.
+logging.getLogger("mailparser").setLevel(logging.ERROR)
+
+FALLBACK_CHARSETS: Final = ("utf-8", "windows-1257")
+# Charsets that decode any byte string, so a wrong label never fails: valid non-ASCII UTF-8
+# under such a label is UTF-8 mislabelled (a real single-byte text almost never forms it).
+_SINGLE_BYTE: Final = frozenset(
+    {"ascii", "iso8859-1", "cp1252", "cp1257", "iso8859-13", "iso8859-4", "iso8859-15", "iso8859-2"}
+)
+_OLE2_MAGIC: Final = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+_HEADER_LINE: Final = re.compile(rb"^(?:From |[!-9;-~]+[ \t]*:)")
+_BLANK_LINE: Final = re.compile(rb"\r?\n\r?\n")
+_HEADER_SCAN: Final = 65536
+_ANGLE_ID: Final = re.compile(r"<[^<>]*>")
+_FOLDING: Final = re.compile(r"\r?\n(?=[ \t])")
+_LOOSE_ADDRESS: Final = re.compile(r"[^\s<>()\[\]@,;:\"']+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
+_CONTROL: Final = re.compile(r"[\r\n\x00]")
+_ADDRESS_HEADERS: Final = ("from", "to", "cc")
+
+
+class ParseError(Exception):
+    """Raised when raw bytes cannot be understood as a mail at all (no usable From, not RFC 5322,
+    or mail-parser failing on it); `str(error)` is the reason shown to the operator."""
+
+
+def parse_mail(raw: bytes) -> InboundMail:
+    """Parse one raw message; raises only `ParseError`."""
+    _refuse_non_mail(raw)
+    try:
+        return _inbound(mailparser.parse_from_bytes(raw))
+    except ParseError:
+        raise
+    except Exception as error:  # hostile input makes mail-parser and email raise many kinds
+        raise ParseError(f"mail-parser could not read it: {type(error).__name__}: {error}") from error
+
+
+def _refuse_non_mail(raw: bytes) -> None:
+    """Reject what is plainly no RFC 5322 message, with a reason a person understands."""
+    if not raw.strip():
+        raise ParseError("empty message")
+    if raw.startswith(_OLE2_MAGIC):
+        raise ParseError("an Outlook .msg file (OLE2 binary), not an RFC 5322 message")
+    if not _HEADER_LINE.match(raw.lstrip()):  # the stdlib skips leading blank lines, with a defect
+        raise ParseError("not an RFC 5322 message: the first line is no header field")
+    if b"\x00" in _BLANK_LINE.split(raw[:_HEADER_SCAN], maxsplit=1)[0]:
+        raise ParseError("not an RFC 5322 message: NUL bytes in the header")
+
+
+def _inbound(parsed: Any) -> InboundMail:
+    """Build the mail from mail-parser's result and the message tree it holds."""
+    message: Message | None = parsed.message
+    if message is None or len(message) == 0:
+        raise ParseError("no header fields: not an RFC 5322 message")
+    defects: list[str] = []
+    raw_headers = [(name, value) for name, value in message.raw_items()]
+    headers = tuple((name, _header_text(name, value, defects)) for name, value in raw_headers)
+    addresses = {key: _addresses(parsed, raw_headers, key) for key in _ADDRESS_HEADERS}
+    from_name, from_address = _sender(addresses["from"], raw_headers, defects)
+    plain, html = _bodies(message, defects)
+    text = plain or (html_to_text(html) if html else "")
+    return InboundMail(
+        message_id=_message_id(headers, defects),
+        subject=_first(headers, "subject"),
+        from_address=from_address,
+        from_name=from_name,
+        to=_bare(addresses["to"]),
+        cc=_bare(addresses["cc"]),
+        in_reply_to=_first_id(_first(headers, "in-reply-to")),
+        references=_ids(" ".join(_all(headers, "references"))),
+        date=_date(parsed, headers, defects),
+        text=text,
+        new_text=new_text(text),
+        html=html,
+        headers=headers,
+        attachments=_attachments(parsed.attachments, defects),
+        defects=tuple(defects + _mime_defects(parsed)),
+    )
+
+
+# Headers ------------------------------------------------------------------------------------
+
+
+def _header_text(name: str, raw: str, defects: list[str]) -> str:
+    """A header value unfolded and decoded: raw 8-bit bytes first, then RFC 2047 encoded-words."""
+    value = _FOLDING.sub("", raw).strip()
+    if not value.isascii():
+        value, charset = _decode_8bit(value)
+        if charset != "utf-8":  # RFC 6532 allows raw UTF-8; anything else is a sender's fault
+            defects.append(f"8-bit {name} header bytes decoded as {charset}")
+    decoded = _decode_words(value) if "=?" in value else value
+    # An encoded-word can smuggle in CR, LF or NUL; a subject reused in a notification must not.
+    return _CONTROL.sub(" ", decoded)
+
+
+def _decode_8bit(value: str) -> tuple[str, str]:
+    """Text for a value whose 8-bit bytes the stdlib kept as surrogates, and the charset used."""
+    try:
+        data = value.encode("ascii", "surrogateescape")
+    except UnicodeEncodeError:  # already real text (the message came from a str)
+        return value, "utf-8"
+    return _decode_bytes(data, None)
+
+
+def _decode_words(value: str) -> str:
+    """RFC 2047 encoded-words decoded; a broken one stays as written rather than vanishing."""
+    try:
+        chunks = decode_header(value)
+    except (HeaderParseError, ValueError):
+        return value
+    # decode_header turns plain chunks into bytes with 'raw-unicode-escape'; undo exactly that.
+    return "".join(
+        chunk if isinstance(chunk, str)
+        else chunk.decode("raw-unicode-escape") if charset is None
+        else _decode_bytes(chunk, charset)[0]
+        for chunk, charset in chunks
+    )
+
+
+def _decode_bytes(data: bytes, declared: str | None) -> tuple[str, str]:
+    """Decode with the declared charset if it works, else utf-8, else windows-1257."""
+    codec = _codec(declared)
+    if codec and not (codec in _SINGLE_BYTE and _is_utf8(data)):
+        text = _try_decode(data, codec)
+        if text is not None:
+            return text, declared or codec
+    for fallback in FALLBACK_CHARSETS:
+        text = _try_decode(data, fallback)
+        if text is not None:
+            return text, fallback
+    return data.decode("utf-8", "replace"), "utf-8 with replacement characters"
+
+
+def _codec(name: str | None) -> str | None:
+    """The codec's canonical name, None for a missing or unknown charset."""
+    if not name:
+        return None
+    try:
+        return codecs.lookup(name.split("*")[0].strip()).name  # RFC 2231 adds "*language"
+    except (LookupError, ValueError):
+        return None
+
+
+def _try_decode(data: bytes, codec: str) -> str | None:
+    """The decoded text, or None when the bytes are not in that charset (or it is no text codec)."""
+    try:
+        text = data.decode(codec)
+        text.encode("utf-8")  # some codecs (utf-7, utf-16) can yield lone surrogates
+    except (LookupError, UnicodeError):
+        return None
+    return text
+
+
+def _is_utf8(data: bytes) -> bool:
+    return not data.isascii() and _try_decode(data, "utf-8") is not None
+
+
+def _first(headers: tuple[tuple[str, str], ...], name: str) -> str:
+    return next((value for key, value in headers if key.lower() == name), "")
+
+
+def _all(headers: tuple[tuple[str, str], ...], name: str) -> list[str]:
+    return [value for key, value in headers if key.lower() == name]
+
+
+def _message_id(headers: tuple[tuple[str, str], ...], defects: list[str]) -> str:
+    """The Message-ID as written, '' when missing (the caller makes one up)."""
+    values = _all(headers, "message-id")
+    if not values or not values[0].strip():
+        defects.append("missing Message-ID")
+        return ""
+    if len(values) > 1:
+        defects.append("several Message-ID headers; the first counts")
+    return _first_id(values[0])
+
+
+def _first_id(value: str) -> str:
+    """The first <id> in a header, brackets kept; without brackets the value minus whitespace."""
+    match = _ANGLE_ID.search(value)
+    return "".join((match.group() if match else value).split())
+
+
+def _ids(value: str) -> tuple[str, ...]:
+    """Message-IDs of a References header; some clients separate them with commas, not spaces."""
+    found = ["".join(match.split()) for match in _ANGLE_ID.findall(value)]
+    return tuple(found) if found else tuple(value.split())
+
+
+# Addresses and date -------------------------------------------------------------------------
+
+
+def _addresses(parsed: Any, raw_headers: list[tuple[str, str]], key: str) -> list[tuple[str, str]]:
+    """(name, lower-case address) pairs of the first such header.
+
+    mail-parser's pairs are right for ASCII headers; with raw 8-bit bytes it garbles names,
+    so those are split by the stdlib and decoded here.
+    """
+    raw = next((value for name, value in raw_headers if name.lower() == key), "")
+    if raw.isascii():
+        pairs = [(name, address) for name, address in getattr(parsed, key)]
+    else:
+        pairs = [(_decode_8bit(name)[0], _decode_8bit(address)[0]) for name, address in getaddresses([raw])]
+        pairs = [(_decode_words(name) if "=?" in name else name, address) for name, address in pairs]
+    return [(name.strip(), address.strip().lower()) for name, address in pairs if address.strip()]
+
+
+def _sender(pairs: list[tuple[str, str]], raw_headers: list[tuple[str, str]],
+            defects: list[str]) -> tuple[str, str]:
+    """(display name, address) of the author; no usable From is no mail we can answer."""
+    raw_from = [value for name, value in raw_headers if name.lower() == "from"]
+    if not raw_from:
+        raise ParseError("no From header")
+    usable = [(name, address) for name, address in pairs if "@" in address.strip("@")]
+    if not usable:
+        usable = _lone_address(raw_from[0], defects)
+    if not usable:
+        raise ParseError(f"no usable From address in {raw_from[0][:200]!r}")
+    if len(raw_from) > 1 or len(usable) > 1:
+        defects.append("several From addresses; the first is the sender")
+    return usable[0]
+
+
+def _lone_address(raw: str, defects: list[str]) -> list[tuple[str, str]]:
+    """The one address-like word in a malformed From ("Big Bug bb@bug.com"); none if several."""
+    found = _LOOSE_ADDRESS.findall(_decode_8bit(raw)[0] if not raw.isascii() else raw)
+    if len(found) != 1:
+        return []
+    defects.append("malformed From header; its only address taken as the sender")
+    return [("", found[0].lower())]
+
+
+def _bare(pairs: list[tuple[str, str]]) -> tuple[str, ...]:
+    """Addresses only, each once, in the order written."""
+    return tuple(dict.fromkeys(address for _, address in pairs))
+
+
+def _date(parsed: Any, headers: tuple[tuple[str, str], ...], defects: list[str]) -> datetime | None:
+    """mail-parser's timezone-aware Date, or None with a defect saying why."""
+    value = parsed.date
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        return value
+    defects.append("unreadable Date header" if _first(headers, "date") else "missing Date header")
+    return None
+
+
+# Bodies and attachments ---------------------------------------------------------------------
+
+
+def _bodies(message: Message, defects: list[str]) -> tuple[str, str]:
+    """(plain text, html) of the body parts, each kind concatenated in message order."""
+    plain: list[str] = []
+    html: list[str] = []
+    for index, part in enumerate(_body_parts(message)):
+        text = _part_text(part, index, defects)
+        if text:
+            (html if part.get_content_subtype() == "html" else plain).append(text)
+    return "\n".join(plain), "\n".join(html)
+
+
+def _body_parts(message: Message) -> list[Message]:
+    """Leaf text/plain and text/html parts that are the body, not attached files or mails.
+
+    A named part counts as an attachment even when shown inline: an attached log must not
+    become the text that commands are read from.
+    """
+    found: list[Message] = []
+    stack = [message]
+    while stack:
+        part = stack.pop()
+        if part is not message and _is_attached(part):
+            continue
+        payload = part.get_payload()
+        if part.is_multipart() and isinstance(payload, list):
+            stack.extend(reversed(payload))
+        elif part.get_content_type() in ("text/plain", "text/html"):
+            found.append(part)
+    return found
+
+
+def _is_attached(part: Message) -> bool:
+    return (part.get_content_disposition() == "attachment" or part.get_filename() is not None
+            or part.get_content_type() == "message/rfc822")
+
+
+def _part_text(part: Message, index: int, defects: list[str]) -> str:
+    """A body part's text in its charset, or the fallbacks when it declares none or a wrong one."""
+    data = part.get_payload(decode=True)
+    if not isinstance(data, bytes) or not data:
+        return ""
+    declared = part.get_content_charset()
+    decoded, used = _decode_bytes(data, declared)
+    text = decoded.replace("\r\n", "\n")
+    if data.isascii() or used == declared or _codec(used) == _codec(declared):
+        return text
+    label = f"charset {declared}" if declared else "no charset"
+    defects.append(f"body part {index} with {label} decoded as {used}")
+    return text
+
+
+def _attachments(found: list[dict[str, Any]], defects: list[str]) -> tuple[Attachment, ...]:
+    """mail-parser's attachments with payloads as bytes (it hands binary ones over as base64)."""
+    result = []
+    for item in found:
+        payload = item.get("payload") or ""
+        if item.get("binary"):
+            data = _base64(str(payload), defects)
+        else:
+            data = payload.encode("utf-8", "surrogateescape") if isinstance(payload, str) else bytes(payload)
+        result.append(Attachment(filename=str(item.get("filename") or ""),
+                                 content_type=str(item.get("mail_content_type") or "application/octet-stream"),
+                                 payload=data))
+    return tuple(result)
+
+
+def _base64(payload: str, defects: list[str]) -> bytes:
+    """Decode base64 as mail clients do: stray characters skipped, missing padding forgiven."""
+    try:
+        return base64.b64decode(payload)  # the common case, and fast; it already skips line breaks
+    except (binascii.Error, ValueError):
+        pass
+    cleaned = re.sub(r"[^A-Za-z0-9+/]", "", payload)
+    cleaned = cleaned[: len(cleaned) - len(cleaned) % 4] if len(cleaned) % 4 == 1 else cleaned
+    try:
+        return base64.b64decode(cleaned + "=" * (-len(cleaned) % 4))
+    except (binascii.Error, ValueError):
+        defects.append("attachment with undecodable base64")
+        return b""
+
+
+def _mime_defects(parsed: Any) -> list[str]:
+    """mail-parser's defect categories (the stdlib's MIME defects among them), short."""
+    return [f"MIME: {category}" for category in sorted(parsed.defects_categories)]
+
+
+# Text from HTML -----------------------------------------------------------------------------
+
+_SKIPPED_TAGS: Final = frozenset({"script", "style", "head", "title", "template"})
+_VOID_TAGS: Final = frozenset({"area", "base", "br", "col", "embed", "hr", "img", "input", "link",
+                               "meta", "param", "source", "track", "wbr"})
+_BLOCK_TAGS: Final = frozenset({"div", "tr", "li", "dt", "dd", "pre", "address", "section",
+                                "article", "header", "footer", "center", "form", "caption"})
+_PARAGRAPH_TAGS: Final = frozenset({"p", "blockquote", "table", "ul", "ol", "dl", "h1", "h2", "h3",
+                                    "h4", "h5", "h6", "hr"})
+_HIDING_STYLE: Final = re.compile(
+    r"display\s*:\s*none|visibility\s*:\s*hidden|font-size\s*:\s*0(?![.\d])|opacity\s*:\s*0(?![.\d])",
+    re.IGNORECASE,
+)
+
+
+def html_to_text(html: str) -> str:
+    """Readable text of an HTML body: visible text only, line breaks where a browser breaks.
+
+    Quoted mail inside <blockquote> gets '> ' prefixes, so `quotes.new_text` drops it as it
+    drops quoted plain text.
+    """
+    extractor = _TextExtractor()
+    extractor.feed(html)
+    extractor.close()
+    return extractor.text()
+
+
+class _TextExtractor(HTMLParser):
+    """Collects visible text; a stack of open elements tracks hidden and quoted regions."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self._out: list[str] = []
+        self._open: list[tuple[str, bool, bool]] = []  # (tag, hides, quotes)
+        self._hidden = 0
+        self._quoted = 0
+        self._line_start = True
+        self._trailing_newlines = 2  # nothing written yet: no break needed before the first line
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self._break(tag)
+        if tag == "li":
+            self._write("- ")
+        if tag in _VOID_TAGS:
+            return
+        values = dict(attrs)
+        hides = tag in _SKIPPED_TAGS or "hidden" in values or bool(_HIDING_STYLE.search(values.get("style") or ""))
+        quotes = tag == "blockquote"
+        self._open.append((tag, hides, quotes))
+        self._hidden += hides
+        self._quoted += quotes
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in _VOID_TAGS:  # <br/> arrives as start and end; the start already broke the line
+            return
+        if not any(name == tag for name, _, _ in self._open):
+            self._break(tag)
+            return
+        while self._open:
+            name, hides, quotes = self._open.pop()
+            self._hidden -= hides
+            self._quoted -= quotes
+            if name == tag:
+                break
+        self._break(tag)
+
+    def handle_data(self, data: str) -> None:
+        if self._hidden:
+            return
+        words = " ".join(data.split())
+        if not words:
+            if data and not self._line_start:
+                self._out.append(" ")
+            return
+        if data[:1].isspace() and not self._line_start:
+            self._out.append(" ")
+        self._write(words)
+        if data[-1:].isspace():
+            self._out.append(" ")
+
+    def _write(self, words: str) -> None:
+        if self._line_start:
+            self._out.append("> " * self._quoted)
+            self._line_start = False
+        self._out.append(words)
+        self._trailing_newlines = 0
+
+    def _break(self, tag: str) -> None:
+        """End the line for <br> and block elements; a blank line around paragraphs."""
+        if self._hidden:
+            return
+        if tag == "br":
+            self._newline()
+        elif tag in _BLOCK_TAGS or tag in _PARAGRAPH_TAGS:
+            wanted = 2 if tag in _PARAGRAPH_TAGS else 1
+            while self._trailing_newlines < wanted:
+                self._newline()
+
+    def _newline(self) -> None:
+        self._out.append("\n")
+        self._line_start = True
+        self._trailing_newlines += 1
+
+    def text(self) -> str:
+        lines = [line.strip() for line in "".join(self._out).split("\n")]
+        return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()

@@ -1,0 +1,187 @@
+"""The new text of a reply: what the sender wrote in this mail, without quotes and signatures.
+
+Flow: transport -> inbox -> parse (calls `new_text`) -> route -> commands -> workflow -> store
+-> notify -> outbox -> SMTP. Only the new text counts for commands, so a quoted notification
+that says ACCEPT THE SOLUTION must never reach `maildesk.core.commands`.
+
+Two passes, because a missed quote is worse than a lost line:
+1. our own line rules cut at the first quote header (Gmail, Outlook, Apple Mail, Thunderbird,
+   Latvian clients, forwards, `-- ` signatures) and drop every `>` line;
+2. mail-parser-reply, with a Latvian profile, strips what is left of signatures
+   ("Sent from my iPhone", "Ar cieņu", ...).
+This is the only module that imports `mailparser_reply`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from mailparser_reply.constants import QUOTED_MATCH_INCLUDE
+from mailparser_reply.parser import EmailMessage
+
+LANGUAGES: Final = ("en", "lv")
+
+# A Latvian profile in mail-parser-reply's table format (see its constants.MAIL_LANGUAGES).
+# Gmail LV attributions look like "2026. gada 26. nov., plkst. 10:00 — Anna <a@b> rakstīja:"
+# or "pirmd., 2026. g. 26. nov., plkst. 10:00 ... rakstīja:", sometimes wrapped over two lines.
+_LV_DATE_START: Final = r"(?:\d|pirmd|otrd|trešd|ceturtd|piektd|sestd|svētd)"
+LATVIAN_PROFILE: Final[dict[str, str | list[str]]] = {
+    "wrote_header": (
+        r"^(" + QUOTED_MATCH_INCLUDE
+        + r"(?:" + _LV_DATE_START + r"[^\n]{0,300}\n)?\S[^\n]{0,300}rakstīja ?:)$"
+    ),
+    "from_header": (
+        r"((?:(?:^|\n|\n" + QUOTED_MATCH_INCLUDE
+        + r")[* ]*(?:No|Nosūtīts|Kam|Tēma|Datums|Kopija):[ *]*(?:\s{,2}).*){2,}(?:\n.*){,1})"
+    ),
+    "signatures": ["Ar cieņu", "Ar sveicieniem", "Ar labākajiem vēlējumiem"],
+    "sent_from": "Nosūtīts no",
+}
+EXTRA_PROFILES: Final = {"lv": LATVIAN_PROFILE}
+
+# Lines that start quoted or forwarded mail: everything from such a line on is not new text.
+_SEPARATOR: Final = re.compile(
+    r"^(?:-{2,}\s*(?:Original Message|Oriģinālā ziņa|Sākotnējā ziņa|Forwarded message"
+    r"|Pārsūtīts ziņojums|Pārsūtītā ziņa)\s*-{2,}"
+    r"|Begin forwarded message:"
+    r"|_{10,}"
+    r"|--"
+    r"|(?:Sent from my|Get Outlook for|Nosūtīts no man[aā]s?)\b.{0,60})$",
+    re.IGNORECASE,
+)
+# Outlook's quoted header block, English or Latvian ("*From:*" when converted from HTML).
+_BLOCK_FIRST: Final = re.compile(r"^\*?(?:From|No)\*?:", re.IGNORECASE)
+_BLOCK_NEXT: Final = re.compile(
+    r"^\*?(?:Sent|Date|To|Subject|Cc|Nosūtīts|Datums|Kam|Tēma|Kopija)\*?:", re.IGNORECASE
+)
+_BLOCK_REACH: Final = 6
+# "On <date>, <name> <addr> wrote:", "26.11.2026 10:00, X wrote:", "... rakstīja:".
+_ATTRIBUTION_END: Final = re.compile(r"(?:wrote|rakstīja)\s*:$", re.IGNORECASE)
+_ATTRIBUTION_START: Final = re.compile(r"^(?:On\s|" + _LV_DATE_START + r")", re.IGNORECASE)
+_ATTRIBUTION_MAX: Final = 400
+_SHIELD: Final = re.compile("\ue000(\\d+)\ue001")
+
+
+class _ReplyMessage(EmailMessage):
+    """mail-parser-reply's message, reading our extra profiles before its own global table.
+
+    The library only knows languages from its module-level dict; overriding the one lookup
+    method adds Latvian without changing that shared table.
+    """
+
+    def _get_language_regex(self, language: str, regex_key: str) -> str:
+        profile = EXTRA_PROFILES.get(language)
+        if profile is None:
+            return str(super()._get_language_regex(language=language, regex_key=regex_key))
+        value = profile.get(regex_key, "")
+        return "|".join(value) if isinstance(value, list) else value
+
+
+# The library builds its three patterns per message; they depend only on the languages, so
+# they are built once here and handed to every message through its constructor.
+_PATTERNS: Final = _ReplyMessage(text="", languages=list(LANGUAGES), keep_hyphen_lists=True)
+
+
+def new_text(text: str) -> str:
+    """What the sender wrote in this mail; '' when the mail is only a quote or forward."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    kept = _drop_quoted_lines(lines[: _first_cut(lines)])
+    return _strip_signature("\n".join(kept))
+
+
+def _first_cut(lines: list[str]) -> int:
+    """Index of the first line that starts quoted or forwarded mail (len(lines) if none)."""
+    for index, raw in enumerate(lines):
+        line = raw.strip()
+        if _SEPARATOR.match(line) or _starts_outlook_block(lines, index):
+            return index
+        start = _attribution_start(lines, index)
+        if start is not None and not _quote_follows(lines, index + 1):
+            return start
+    return len(lines)
+
+
+def _starts_outlook_block(lines: list[str], index: int) -> bool:
+    """A "From:" line followed closely by "Sent:", "To:", ... lines: a quoted header block."""
+    if not _BLOCK_FIRST.match(lines[index].strip()):
+        return False
+    following = lines[index + 1 : index + 1 + _BLOCK_REACH]
+    return any(_BLOCK_NEXT.match(line.strip()) for line in following)
+
+
+def _attribution_start(lines: list[str], index: int) -> int | None:
+    """Where the "... wrote:" attribution ending on this line begins, or None if it is none.
+
+    Gmail wraps long attributions, so "On Thu, ... Service Desk <" can sit on the line above
+    "support@x> wrote:"; that line belongs to the attribution too.
+    """
+    line = lines[index].strip()
+    if not line.endswith(":") or len(line) > _ATTRIBUTION_MAX or not _ATTRIBUTION_END.search(line):
+        return None
+    if _ATTRIBUTION_START.match(line):
+        return index
+    previous = lines[index - 1].strip() if index > 0 else ""
+    if previous and _ATTRIBUTION_START.match(previous) and len(previous) + len(line) <= _ATTRIBUTION_MAX:
+        return index - 1
+    if re.search(r"[\d@]", line):
+        return index
+    return None
+
+
+def _quote_follows(lines: list[str], index: int) -> bool:
+    """True when the next non-blank line is '>'-quoted: the attribution only heads that quote."""
+    for line in lines[index:]:
+        if line.strip():
+            return line.lstrip().startswith(">")
+    return False
+
+
+def _drop_quoted_lines(lines: list[str]) -> list[str]:
+    """Remove '>' lines and the attributions heading them, keeping inline answers between."""
+    drop: set[int] = set()
+    for index, line in enumerate(lines):
+        if line.lstrip().startswith(">"):
+            drop.add(index)
+            continue
+        start = _attribution_start(lines, index)
+        if start is not None:
+            drop.update(range(start, index + 1))
+    return [line for index, line in enumerate(lines) if index not in drop]
+
+
+def _strip_signature(text: str) -> str:
+    """mail-parser-reply's first reply without signature; '' if it saw only a quoted reply."""
+    if not text.strip():
+        return ""
+    shielded, hidden = _shield_long_lines(text)
+    message = _ReplyMessage(text=shielded, languages=list(LANGUAGES), keep_hyphen_lists=True,
+                            _header_regex=_PATTERNS.HEADER_REGEX,
+                            _disclaimers_regex=_PATTERNS.DISCLAIMERS_REGEX,
+                            _signature_regex=_PATTERNS.SIGNATURE_REGEX).read()
+    first = message.replies[0]
+    if first.headers:
+        return ""
+    body = _SHIELD.sub(lambda match: _unshield(match, hidden), first.body)
+    return re.sub(r"\n{3,}", "\n\n", body).strip()
+
+
+def _shield_long_lines(text: str) -> tuple[str, list[str]]:
+    """Replace long lines by placeholders before the library sees them.
+
+    mail-parser-reply's English "On ... wrote:" pattern is quadratic in the length of a line
+    starting with "On" (a 50 kB line took 40 s); no header or signature line is that long.
+    """
+    hidden: list[str] = []
+    lines = text.split("\n")
+    for index, line in enumerate(lines):
+        if len(line) > _ATTRIBUTION_MAX:
+            lines[index] = f"\ue000{len(hidden)}\ue001"
+            hidden.append(line.strip())
+    return "\n".join(lines), hidden
+
+
+def _unshield(match: re.Match[str], hidden: list[str]) -> str:
+    """The hidden line for a placeholder; a look-alike the sender typed stays as it was."""
+    index = int(match.group(1))
+    return hidden[index] if index < len(hidden) else match.group(0)
