@@ -22,6 +22,17 @@ from mailparser_reply.parser import EmailMessage
 
 LANGUAGES: Final = ("en", "lv")
 
+
+
+def _header_block(field_names: str) -> str:
+    """mail-parser-reply's Outlook header-block pattern ("From: ...\nSent: ..."), anchored at line
+    starts: it matches the same lines as the library's `(?:^|\n|\n>)` form, but the regex engine
+    drops every position inside a line at once, which made the whole pass several times faster.
+    """
+    field = QUOTED_MATCH_INCLUDE + r"[* ]*(?:" + field_names + r"):[ *]*(?:\s{,2}).*"
+    return r"(^" + field + r"(?:\n" + field + r")+(?:\n.*)?)"
+
+
 # A Latvian profile in mail-parser-reply's table format (see its constants.MAIL_LANGUAGES).
 # Gmail LV attributions look like "2026. gada 26. nov., plkst. 10:00 — Anna <a@b> rakstīja:"
 # or "pirmd., 2026. g. 26. nov., plkst. 10:00 ... rakstīja:", sometimes wrapped over two lines.
@@ -31,14 +42,15 @@ LATVIAN_PROFILE: Final[dict[str, str | list[str]]] = {
         r"^(" + QUOTED_MATCH_INCLUDE
         + r"(?:" + _LV_DATE_START + r"[^\n]{0,300}\n)?\S[^\n]{0,300}rakstīja ?:)$"
     ),
-    "from_header": (
-        r"((?:(?:^|\n|\n" + QUOTED_MATCH_INCLUDE
-        + r")[* ]*(?:No|Nosūtīts|Kam|Tēma|Datums|Kopija):[ *]*(?:\s{,2}).*){2,}(?:\n.*){,1})"
-    ),
+    "from_header": _header_block("No|Nosūtīts|Kam|Tēma|Datums|Kopija"),
     "signatures": ["Ar cieņu", "Ar sveicieniem", "Ar labākajiem vēlējumiem"],
     "sent_from": "Nosūtīts no",
 }
-EXTRA_PROFILES: Final = {"lv": LATVIAN_PROFILE}
+# The English profile stays the library's, but for the faster form of the same header block.
+ENGLISH_OVERRIDES: Final[dict[str, str | list[str]]] = {
+    "from_header": _header_block("From|Sent|To|Subject|Date|Cc|Organization"),
+}
+PROFILES: Final = {"lv": LATVIAN_PROFILE, "en": ENGLISH_OVERRIDES}
 
 # Lines that start quoted or forwarded mail: everything from such a line on is not new text.
 _SEPARATOR: Final = re.compile(
@@ -59,35 +71,38 @@ _BLOCK_REACH: Final = 6
 # "On <date>, <name> <addr> wrote:", "26.11.2026 10:00, X wrote:", "... rakstīja:".
 _ATTRIBUTION_END: Final = re.compile(r"(?:wrote|rakstīja)\s*:$", re.IGNORECASE)
 _ATTRIBUTION_START: Final = re.compile(r"^(?:On\s|" + _LV_DATE_START + r")", re.IGNORECASE)
+_DATE_OR_ADDRESS: Final = re.compile(r"[\d@]")
 _ATTRIBUTION_MAX: Final = 400
 _SHIELD: Final = re.compile("\ue000(\\d+)\ue001")
 
 
 class _ReplyMessage(EmailMessage):
-    """mail-parser-reply's message, reading our extra profiles before its own global table.
+    """mail-parser-reply's message, reading our `PROFILES` before its own global table.
 
     The library only knows languages from its module-level dict; overriding the one lookup
     method adds Latvian without changing that shared table.
     """
 
     def _get_language_regex(self, language: str, regex_key: str) -> str:
-        profile = EXTRA_PROFILES.get(language)
-        if profile is None:
+        value = PROFILES.get(language, {}).get(regex_key)
+        if value is None:
             return str(super()._get_language_regex(language=language, regex_key=regex_key))
-        value = profile.get(regex_key, "")
         return "|".join(value) if isinstance(value, list) else value
 
 
 # The library builds its three patterns per message; they depend only on the languages, so
 # they are built once here and handed to every message through its constructor.
 _PATTERNS: Final = _ReplyMessage(text="", languages=list(LANGUAGES), keep_hyphen_lists=True)
+# Its disclaimer rule deletes any sentence starting "Warning:" or "Caution:" that mentions mail,
+# which is how customers describe their problems ("Warning: mail server says the box is full").
+_NO_DISCLAIMERS: Final = re.compile(r"\A(?!)")
 
 
 def new_text(text: str) -> str:
     """What the sender wrote in this mail; '' when the mail is only a quote or forward."""
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     kept = _drop_quoted_lines(lines[: _first_cut(lines)])
-    return _strip_signature("\n".join(kept))
+    return _first_reply_body("\n".join(kept))
 
 
 def _first_cut(lines: list[str]) -> int:
@@ -124,7 +139,7 @@ def _attribution_start(lines: list[str], index: int) -> int | None:
     previous = lines[index - 1].strip() if index > 0 else ""
     if previous and _ATTRIBUTION_START.match(previous) and len(previous) + len(line) <= _ATTRIBUTION_MAX:
         return index - 1
-    if re.search(r"[\d@]", line):
+    if _DATE_OR_ADDRESS.search(line):
         return index
     return None
 
@@ -150,14 +165,15 @@ def _drop_quoted_lines(lines: list[str]) -> list[str]:
     return [line for index, line in enumerate(lines) if index not in drop]
 
 
-def _strip_signature(text: str) -> str:
-    """mail-parser-reply's first reply without signature; '' if it saw only a quoted reply."""
+def _first_reply_body(text: str) -> str:
+    """mail-parser-reply's first reply without its signature; '' when a quote header it knows
+    stands at the very top (then its first reply is the quoted one)."""
     if not text.strip():
         return ""
     shielded, hidden = _shield_long_lines(text)
     message = _ReplyMessage(text=shielded, languages=list(LANGUAGES), keep_hyphen_lists=True,
                             _header_regex=_PATTERNS.HEADER_REGEX,
-                            _disclaimers_regex=_PATTERNS.DISCLAIMERS_REGEX,
+                            _disclaimers_regex=_NO_DISCLAIMERS,
                             _signature_regex=_PATTERNS.SIGNATURE_REGEX).read()
     first = message.replies[0]
     if first.headers:

@@ -106,17 +106,29 @@ def test_inline_answers_between_quoted_lines_are_kept_and_the_quotes_dropped() -
     assert new_text(text) == "Jā, der.\nPaldies"
 
 
+@pytest.mark.parametrize("text", [
+    "Labdien!\nWarning: mail server says the mailbox is full.\nLūdzu palīdziet.",
+    "Printeris nestrādā. Caution: the e-mail printer is hot.\nPaldies",
+])
+def test_a_customers_warning_about_mail_is_not_taken_for_a_disclaimer(text: str) -> None:
+    assert new_text(text) == text
+
+
 def test_text_without_quotes_is_kept_as_written() -> None:
     text = "Labdien!\n\nPrinteris 3. stāvā nedrukā.\nKļūda: E-42\n\nAnna"
     assert new_text(text) == text
 
 
-def test_the_latvian_profile_lets_mail_parser_reply_split_an_outlook_lv_block_on_its_own() -> None:
-    """The library pass alone (without our line rules) knows the Latvian Outlook header block."""
-    text = "Paldies\n\n" + CLIENT_QUOTES["outlook_lv"]
+@pytest.mark.parametrize(("client", "field"), [
+    ("outlook_lv", "Nosūtīts:"), ("outlook_en", "Sent:"), ("outlook_en_bold", "*Sent:*"),
+    ("gmail_lv", "rakstīja:"), ("gmail_lv_weekday", "rakstīja:"), ("gmail_en", "wrote:"),
+])
+def test_mail_parser_reply_with_our_profiles_splits_each_quote_header_on_its_own(client: str, field: str) -> None:
+    """The library pass alone, without our line rules, as defence in depth."""
+    text = "Paldies\n\n" + CLIENT_QUOTES[client]
     message = _ReplyMessage(text=text, languages=list(LANGUAGES), keep_hyphen_lists=True).read()
     assert message.replies[0].body == "Paldies"
-    assert "Nosūtīts:" in message.replies[1].headers
+    assert field in message.replies[1].headers
 
 
 @pytest.mark.parametrize("text", [
