@@ -1,0 +1,131 @@
+"""Notification templates -> subject, plain text and HTML, in the recipient's language.
+
+Where it sits in the flow: `notify` decides who is told what and builds the context; it
+calls `Renderer.render` for each recipient, and the `Rendered` result goes into an outbox row
+that `outbox` later sends. This is the only module that imports Jinja.
+
+Templates live in `templates/{language}/{name}.subject.j2`, `.txt.j2` and `.html.j2`. They are
+trusted files from the repository; everything a customer wrote (summaries, comments, names)
+reaches them only as variables, so it is printed, never evaluated. Plain text and the subject
+use an environment without autoescaping, HTML one with it; both are strict, so a template that
+names a variable nobody supplied fails loudly instead of sending a mail with a hole in it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+LANGUAGES: tuple[str, ...] = ("lv", "en")
+TEMPLATES: tuple[str, ...] = (
+    "ticket_created",
+    "ticket_announced",
+    "status_changed",
+    "estimate_request",
+    "solution_proposed",
+    "comment",
+    "command_refused",
+    "user_welcome",
+    "unknown_sender",
+    "acceptance_reminder",
+    "auto_closed",
+    "deadline_warning",
+    "confirm_request",
+)
+PARTS: tuple[str, ...] = ("subject", "txt", "html")
+MAX_SUBJECT = 200
+
+# Customers may write these Latvian forms instead of the English keywords (workflow.md);
+# notifications show both so that either can be copied into a reply.
+LATVIAN_KEYWORDS: dict[str, str] = {
+    "ACCEPT THE ESTIMATE": "APSTIPRINĀT NOVĒRTĒJUMU",
+    "CANCEL REQUEST": "ATCELT PIEPRASĪJUMU",
+    "ACCEPT THE SOLUTION": "APSTIPRINĀT RISINĀJUMU",
+    "REOPEN": "ATVĒRT NO JAUNA",
+}
+
+# Line breaks of every kind (and other control characters) would let customer text start a
+# new header line in the subject (RFC 5322 section 2.2: header fields end at CRLF).
+_UNSAFE_IN_HEADER = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+# RFC 6068 section 2: characters an addr-spec may carry unencoded in a mailto URI.
+_MAILTO_ADDRESS_SAFE = "@!$'()*+,;:"
+
+
+@dataclass(frozen=True)
+class Rendered:
+    subject: str
+    text: str
+    html: str
+
+
+def default_templates_dir() -> Path:
+    """The repository's `templates/`, so that an installed checkout finds its own templates."""
+    return Path(__file__).resolve().parent.parent / "templates"
+
+
+def one_line(value: Any, limit: int = MAX_SUBJECT) -> str:
+    """Text made fit for a header: one line, no control characters, collapsed spaces, capped."""
+    flat = " ".join(_UNSAFE_IN_HEADER.sub(" ", str(value)).split())
+    if len(flat) <= limit:
+        return flat
+    return flat[: limit - 1].rstrip() + "…"
+
+
+def mailto(address: str, subject: str, body: str) -> str:
+    """A `mailto:` URL that opens a prefilled reply (RFC 6068 percent-encoding, UTF-8).
+
+    Header values are encoded with no safe characters at all, so `&`, `=`, `#` and line breaks
+    in a summary cannot add or cut fields; the subject is made one line like a real header.
+    """
+    return (
+        "mailto:" + quote(address, safe=_MAILTO_ADDRESS_SAFE)
+        + "?subject=" + quote(one_line(subject), safe="")
+        + "&body=" + quote(body, safe="")
+    )
+
+
+def latvian_keyword(keyword: str) -> str:
+    """The Latvian form of a customer command, or the keyword itself when it has none."""
+    return LATVIAN_KEYWORDS.get(keyword, keyword)
+
+
+def _environment(templates_dir: Path, *, autoescape: bool) -> Environment:
+    environment = Environment(
+        loader=FileSystemLoader(str(templates_dir)),
+        autoescape=autoescape,
+        undefined=StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    environment.globals["mailto"] = mailto
+    environment.filters["one_line"] = one_line
+    environment.filters["lv_keyword"] = latvian_keyword
+    return environment
+
+
+class Renderer:
+    """Renders one notification for one recipient; holds the two Jinja environments."""
+
+    def __init__(self, templates_dir: Path) -> None:
+        self.templates_dir = templates_dir
+        self._text = _environment(templates_dir, autoescape=False)
+        self._html = _environment(templates_dir, autoescape=True)
+
+    def render(self, name: str, language: str, context: Mapping[str, Any]) -> Rendered:
+        """Subject, text and HTML of `name` in `language`; raises on anything unknown or missing."""
+        if language not in LANGUAGES:
+            raise ValueError(f"unknown language {language!r}; expected one of {', '.join(LANGUAGES)}")
+        if name not in TEMPLATES:
+            raise ValueError(f"unknown notification template {name!r}")
+        values = dict(context)
+        subject = self._text.get_template(f"{language}/{name}.subject.j2").render(values)
+        text = self._text.get_template(f"{language}/{name}.txt.j2").render(values)
+        html = self._html.get_template(f"{language}/{name}.html.j2").render(values)
+        return Rendered(subject=one_line(subject), text=text, html=html)
