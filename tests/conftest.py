@@ -11,9 +11,11 @@ from tests.desk import Desk, standard_people
 pytest_plugins = ["tests.servers"]
 
 
-@pytest.fixture
-def desk(tmp_path: Path) -> Desk:
-    """An empty desk on its own SQLite database."""
+@pytest.fixture(params=["sqlite", "postgresql"])
+def desk(request: pytest.FixtureRequest, tmp_path: Path) -> Desk:
+    """An empty desk on its own database: SQLite, and a fresh PostgreSQL database."""
+    if request.param == "postgresql":
+        return Desk(tmp_path, database_url=request.getfixturevalue("pg_url"))
     return Desk(tmp_path)
 
 
