@@ -1,0 +1,474 @@
+"""The IMAP poller: transport -> inbox row -> (the pipeline) -> the original filed away.
+
+One poll: SELECT the folder, compare its UIDVALIDITY with the `ImapCursor`, UID SEARCH ALL, and
+per batch of `imap_batch_size` UIDs: RFC822.SIZE first (mail over `max_message_bytes` is recorded
+as quarantined and never fetched), BODY.PEEK[] for the rest, the raw bytes committed through
+`Pipeline.store_many`, the cursor advanced, each row processed, and only then the originals
+moved to the processed or the quarantine folder. A crash anywhere leaves the message in the
+folder, so it is simply seen again and the pipeline recognises it by its SHA-256: we scan every
+UID rather than trusting the cursor, which only orders the logs. Between polls the poller sits
+in IDLE (RFC 2177) or sleeps `imap_poll_seconds`.
+
+The only module that imports imapclient; its types and exceptions stop here (`ImapError`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields
+
+from imapclient import DELETED, IMAPClient, SocketTimeout
+from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginError
+from sqlalchemy import select, update
+from sqlalchemy.engine import Engine
+
+from maildesk import store
+from maildesk.config import Settings
+from maildesk.models import ImapCursor, InboxItem, utcnow
+from maildesk.process import Pipeline
+
+log = logging.getLogger("maildesk.imap")
+
+IDLE_REISSUE_SECONDS = 25 * 60  # RFC 2177: a server may end an IDLE after 29 minutes
+IDLE_CHECK_SECONDS = 1.0  # one idle_check blocks this long: it bounds how fast a stop is noticed
+DEAD_AFTER_EARLY_EMPTIES = 3  # a closed socket answers idle_check with [] at once, again and again
+CONNECT_TIMEOUT_SECONDS = 15.0
+READ_TIMEOUT_SECONDS = 120.0
+FETCH_CHUNK_BYTES = 32 * 1024 * 1024  # one BODY[] FETCH holds at most this much (or one message)
+FIRST_BACKOFF_SECONDS = 1.0
+MAX_BACKOFF_SECONDS = 60.0
+SOURCE = "imap"
+# inbox state -> where the original goes; states not listed stay in the folder and are seen again
+FILING = {"processed": "processed", "held": "processed", "ignored": "processed", "quarantined": "quarantine"}
+# OSError covers socket.timeout, refused connections and TLS errors
+CONNECTION_ERRORS = (IMAPClientError, OSError)
+
+ProgressCallback = Callable[[int, int], None]
+
+
+class ImapError(RuntimeError):
+    """The IMAP server could not be reached, dropped the session or refused a command.
+
+    str() names the server and the reason, never the password. `run_forever` answers it by
+    reconnecting with backoff; `poll_once` lets it through to the caller.
+    """
+
+
+@dataclass(frozen=True)
+class PollReport:
+    """What one poll did; `left` counts messages left in the folder for a later poll (new or failed)."""
+
+    fetched: int = 0
+    stored_new: int = 0
+    processed: int = 0
+    quarantined: int = 0
+    moved: int = 0
+    left: int = 0
+
+    def __add__(self, other: PollReport) -> PollReport:
+        return PollReport(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
+
+@dataclass(frozen=True)
+class _Saved:
+    entries: dict[int, int]  # UID -> inbox id
+    fetched: int
+    stored_new: int
+
+
+class ImapPoller:
+    """Fetches, stores, processes and files the mail of one IMAP folder; one connection, one thread."""
+
+    def __init__(self, settings: Settings, pipeline: Pipeline, *, stop_event: threading.Event | None = None,
+                 on_progress: ProgressCallback | None = None, max_backoff: float = MAX_BACKOFF_SECONDS,
+                 idle_check_seconds: float = IDLE_CHECK_SECONDS,
+                 idle_reissue_seconds: float = IDLE_REISSUE_SECONDS) -> None:
+        self.settings = settings
+        self.pipeline = pipeline
+        self.stop_event = stop_event or threading.Event()
+        self.on_progress = on_progress
+        self.max_backoff = max_backoff
+        self.idle_check_seconds = idle_check_seconds
+        self.idle_reissue_seconds = idle_reissue_seconds
+        self.endpoint = endpoint(settings)
+        self._client: IMAPClient | None = None
+        self._capabilities: frozenset[bytes] = frozenset()
+        self._known: dict[tuple[int, int], int] = {}  # (uidvalidity, uid) -> inbox id: no second FETCH
+        self._runner: int | None = None
+
+    # ---- one poll -------------------------------------------------------------------------
+
+    def poll_once(self) -> PollReport:
+        """Connect if needed and handle everything in the folder now, batch by batch."""
+        try:
+            client = self._connection()
+            uidvalidity, uids = self._scan(client)
+            report = PollReport()
+            batch = self.settings.imap_batch_size
+            for start in range(0, len(uids), batch):
+                if self.stop_event.is_set():
+                    break
+                report += self._batch(client, uidvalidity, uids[start:start + batch])
+                if self.on_progress:
+                    self.on_progress(min(start + batch, len(uids)), len(uids))
+            return report
+        except CONNECTION_ERRORS as error:
+            self._drop()
+            raise ImapError(f"IMAP {self.endpoint}: {describe(error, self.settings)}") from error
+
+    def _scan(self, client: IMAPClient) -> tuple[int, list[int]]:
+        """The folder's UIDVALIDITY (checked against the cursor) and all its UIDs, ascending.
+
+        All of them, not only those above the cursor: whatever is still in the folder was not
+        filed yet (a crash, a failed message), and the pipeline's SHA-256 makes a second look harmless.
+        """
+        uidvalidity = int(client.select_folder(self.settings.imap_folder)[b"UIDVALIDITY"])
+        last_uid = self._check_cursor(uidvalidity)
+        uids = sorted(int(uid) for uid in client.search(["ALL"]))
+        present = set(uids)
+        self._known = {key: inbox_id for key, inbox_id in self._known.items()
+                       if key[0] == uidvalidity and key[1] in present}
+        if uids:
+            log.info("%d message(s) in %s, %d above the last UID seen (%d)", len(uids),
+                     self.settings.imap_folder, sum(uid > last_uid for uid in uids), last_uid)
+        return uidvalidity, uids
+
+    def _batch(self, client: IMAPClient, uidvalidity: int, uids: list[int]) -> PollReport:
+        """Store the batch (commit), advance the cursor, process each row, then file the originals."""
+        saved = self._save(client, uidvalidity, uids)
+        processed, filing = self._process(saved.entries)
+        moved = {folder: self._move(client, folder_uids, folder) for folder, folder_uids in filing.items()}
+        total_moved = sum(moved.values())
+        return PollReport(saved.fetched, saved.stored_new, processed,
+                          moved.get(self.settings.imap_quarantine_folder, 0), total_moved,
+                          left=len(saved.entries) - total_moved)
+
+    def _save(self, client: IMAPClient, uidvalidity: int, uids: list[int]) -> _Saved:
+        """Every UID of the batch as a committed inbox row; only then the cursor moves on.
+
+        Sizes come first so that oversize mail is never downloaded; bodies are fetched with
+        BODY.PEEK[] (no \\Seen flag) in chunks of bounded size.
+        """
+        sizes = {uid: int(data[b"RFC822.SIZE"]) for uid, data in client.fetch(uids, ["RFC822.SIZE"]).items()
+                 if b"RFC822.SIZE" in data}  # a UID missing here was expunged by someone else meanwhile
+        entries = {uid: self._known[(uidvalidity, uid)] for uid in sizes if (uidvalidity, uid) in self._known}
+        limit = self.settings.max_message_bytes
+        for uid in [uid for uid, size in sizes.items() if size > limit and uid not in entries]:
+            entries[uid] = record_oversize(self.pipeline.engine, uidvalidity=uidvalidity, uid=uid, size=sizes[uid],
+                                           limit=limit, message_id=envelope_message_id(client, uid))
+        fetched = stored_new = 0
+        for chunk in chunks_by_size([uid for uid in sizes if uid not in entries], sizes, FETCH_CHUNK_BYTES):
+            raws = {uid: data[b"BODY[]"] for uid, data in client.fetch(chunk, ["BODY.PEEK[]"]).items()
+                    if data.get(b"BODY[]") is not None}
+            got = [uid for uid in chunk if uid in raws]
+            stored = self.pipeline.store_many([raws[uid] for uid in got], SOURCE)
+            fetched, stored_new = fetched + len(got), stored_new + sum(item.new for item in stored)
+            entries.update(zip(got, (item.inbox_id for item in stored)))
+        self._known.update({(uidvalidity, uid): inbox_id for uid, inbox_id in entries.items()})
+        if sizes:
+            self._advance_cursor(uidvalidity, max(sizes))
+        return _Saved(entries, fetched, stored_new)
+
+    def _process(self, entries: dict[int, int]) -> tuple[int, dict[str, list[int]]]:
+        """Run the pipeline on each stored row; the folder each original belongs in, by its final state."""
+        processed = 0
+        filing: dict[str, list[int]] = {}
+        folders = {"processed": self.settings.imap_processed_folder,
+                   "quarantine": self.settings.imap_quarantine_folder}
+        for uid in sorted(entries):
+            if self.stop_event.is_set():
+                break  # what is not filed yet is stored and will be seen again
+            # None: already handled (a re-delivery, a restart) or claimed by another worker
+            processed += self.pipeline.process_inbox_item(entries[uid]) is not None
+            state, _reason = self.pipeline.state_of(entries[uid])
+            if state in FILING:
+                filing.setdefault(folders[FILING[state]], []).append(uid)
+        return processed, filing
+
+    def _move(self, client: IMAPClient, uids: list[int], folder: str) -> int:
+        """MOVE (RFC 6851) when offered, else COPY + \\Deleted + (UID) EXPUNGE; creates a vanished folder."""
+        try:
+            self._move_now(client, uids, folder)
+        except IMAPClientError as error:
+            if isinstance(error, IMAPClientAbortError) or "TRYCREATE" not in str(error).upper():
+                raise
+            client.create_folder(folder)
+            self._move_now(client, uids, folder)
+        log.info("moved %d message(s) to %s: UIDs %s", len(uids), folder, uid_ranges(uids))
+        return len(uids)
+
+    def _move_now(self, client: IMAPClient, uids: list[int], folder: str) -> None:
+        if b"MOVE" in self._capabilities:
+            client.move(uids, folder)
+            return
+        client.copy(uids, folder)
+        client.add_flags(uids, [DELETED])
+        if b"UIDPLUS" in self._capabilities:
+            client.uid_expunge(uids)  # RFC 4315: removes only these, not others' \Deleted mail
+        else:
+            client.expunge()
+
+    # ---- the cursor ---------------------------------------------------------------------
+
+    def _check_cursor(self, uidvalidity: int) -> int:
+        """The last UID seen; a new UIDVALIDITY (RFC 3501 2.3.1.1) voids every UID, so the cursor restarts."""
+        folder = self.settings.imap_folder
+        with store.transaction(self.pipeline.engine) as session:
+            cursor = session.get(ImapCursor, folder)
+            if cursor is None:
+                session.add(ImapCursor(folder=folder, uidvalidity=uidvalidity, last_uid=0))
+                return 0
+            if cursor.uidvalidity != uidvalidity:
+                log.warning("uidvalidity changed for folder %s on %s: %d -> %d; reading every message again "
+                            "(mail already stored is recognised by its content)", folder, self.endpoint,
+                            cursor.uidvalidity, uidvalidity)
+                cursor.uidvalidity, cursor.last_uid = uidvalidity, 0
+                session.add(cursor)
+            return cursor.last_uid
+
+    def _advance_cursor(self, uidvalidity: int, uid: int) -> None:
+        """Called only after the batch's raw bytes are committed; never moves backwards."""
+        with store.transaction(self.pipeline.engine) as session:
+            session.execute(update(ImapCursor).where(ImapCursor.folder == self.settings.imap_folder,
+                                                     ImapCursor.uidvalidity == uidvalidity,
+                                                     ImapCursor.last_uid < uid).values(last_uid=uid))
+
+    # ---- the loop -----------------------------------------------------------------------
+
+    def run_forever(self) -> None:
+        """Poll, then wait for mail, until `stop_event`; any failure means reconnect with backoff.
+
+        The backoff doubles from 1 s to `max_backoff` and restarts after a successful poll. A
+        database outage or a bug is logged and retried the same way: the poller never dies.
+        """
+        self._runner = threading.get_ident()
+        delay = FIRST_BACKOFF_SECONDS
+        try:
+            while not self.stop_event.is_set():
+                try:
+                    report = self.poll_once()
+                    delay = FIRST_BACKOFF_SECONDS
+                    self._wait_for_mail(report)
+                    continue
+                except ImapError as error:
+                    log.warning("%s; reconnecting in %.0f s", error, delay)
+                except Exception:
+                    log.exception("IMAP poll of %s failed; retrying in %.0f s", self.endpoint, delay)
+                self._drop()
+                self.stop_event.wait(delay)
+                delay = min(delay * 2, self.max_backoff)
+        finally:
+            self._runner = None
+            self.close()
+
+    def _wait_for_mail(self, report: PollReport) -> None:
+        """IDLE when the server offers it, else sleep; mail left behind (failed) is retried after a poll interval."""
+        if self.stop_event.is_set():
+            return
+        if b"IDLE" not in self._capabilities:
+            self.stop_event.wait(self.settings.imap_poll_seconds)
+            return
+        self._idle(self.settings.imap_poll_seconds if report.left else self.idle_reissue_seconds)
+
+    def _idle(self, limit: float) -> None:
+        """IDLE until new mail, `limit` seconds or a stop; a dead server shows as BYE or as early empty answers.
+
+        idle_check on a closed socket does not raise: it returns [] at once, again and again. A live
+        server with nothing to say makes us wait the whole timeout, so N quick empty answers in a
+        row mean the connection is gone.
+        """
+        client = self._connection()
+        try:
+            client.idle()
+            log.debug("idling on %s %s", self.endpoint, self.settings.imap_folder)
+            started, early = time.monotonic(), 0
+            while not self.stop_event.is_set():
+                if time.monotonic() - started >= limit:
+                    log.info("re-issuing IDLE on %s after %.0f s", self.endpoint, time.monotonic() - started)
+                    break
+                asked = time.monotonic()
+                responses = client.idle_check(timeout=self.idle_check_seconds)
+                bye = [response for response in responses if response and response[0] == b"BYE"]
+                if bye:
+                    raise ImapError(f"IMAP {self.endpoint} ended the session: {_text_of(bye[0][1:])}")
+                if any(len(response) > 1 and response[1] in (b"EXISTS", b"RECENT") for response in responses):
+                    break
+                if responses or time.monotonic() - asked >= self.idle_check_seconds / 2:
+                    early = 0
+                    continue
+                early += 1
+                if early >= DEAD_AFTER_EARLY_EMPTIES:
+                    raise ImapError(f"IMAP {self.endpoint}: the connection is closed (IDLE answers nothing at once)")
+            client.socket().settimeout(READ_TIMEOUT_SECONDS)  # idle_check leaves the socket without a timeout
+            client.idle_done()
+        except CONNECTION_ERRORS as error:
+            self._drop()
+            raise ImapError(f"IMAP {self.endpoint} in IDLE: {describe(error, self.settings)}") from error
+        except ImapError:
+            self._drop()
+            raise
+
+    # ---- the connection -----------------------------------------------------------------
+
+    def _connection(self) -> IMAPClient:
+        if self._client is None:
+            self._client = self._connect()
+        return self._client
+
+    def _connect(self) -> IMAPClient:
+        """Log in, learn the capabilities (MOVE shows only after login) and create missing folders."""
+        client = open_client(self.settings)
+        try:
+            self._capabilities = frozenset(client.capabilities())
+            for folder in (self.settings.imap_processed_folder, self.settings.imap_quarantine_folder):
+                if not client.folder_exists(folder):
+                    client.create_folder(folder)
+                    log.info("created IMAP folder %s on %s", folder, self.endpoint)
+        except BaseException:
+            _shutdown_quietly(client)
+            raise
+        shown = " ".join(sorted(c.decode() for c in self._capabilities & {b"IDLE", b"MOVE", b"UIDPLUS"}))
+        log.info("connected to IMAP %s as %s (%s)", self.endpoint, self.settings.imap_user, shown or "no IDLE/MOVE")
+        return client
+
+    def _drop(self) -> None:
+        """Forget a broken connection without talking to it (a LOGOUT could wait for a dead server)."""
+        client, self._client = self._client, None
+        if client is not None:
+            _shutdown_quietly(client)
+
+    def close(self) -> None:
+        """Log out. Called from another thread while `run_forever` runs, it asks the loop to stop,
+        and the loop logs out itself within about `idle_check_seconds`."""
+        if self._runner is not None and self._runner != threading.get_ident():
+            self.stop_event.set()
+            return
+        client, self._client = self._client, None
+        if client is None:
+            return
+        try:
+            client.logout()
+        except (*CONNECTION_ERRORS, ValueError):
+            _shutdown_quietly(client)
+        log.info("disconnected from IMAP %s", self.endpoint)
+
+
+def open_client(settings: Settings, *, connect_timeout: float = CONNECT_TIMEOUT_SECONDS) -> IMAPClient:
+    """A logged-in client; TLS unless MAILDESK_IMAP_SSL=false (port 0 means 993, or 143 without TLS)."""
+    client = IMAPClient(settings.imap_host, port=settings.imap_port or None, ssl=settings.imap_ssl,
+                        timeout=SocketTimeout(connect=connect_timeout, read=READ_TIMEOUT_SECONDS))
+    try:
+        client.login(settings.imap_user, settings.imap_password)
+    except BaseException:
+        _shutdown_quietly(client)
+        raise
+    return client
+
+
+def check_connection(settings: Settings) -> str | None:
+    """For `maildesk check`: None when we can log in and the folder exists, else what failed (no password)."""
+    where = endpoint(settings)
+    try:
+        client = open_client(settings, connect_timeout=10)
+    except LoginError:
+        return f"IMAP login failed for user {settings.imap_user} at {where}"
+    except CONNECTION_ERRORS as error:
+        return f"cannot connect to IMAP {where}: {describe(error, settings)}"
+    try:
+        exists = client.folder_exists(settings.imap_folder)
+        client.logout()
+    except CONNECTION_ERRORS as error:
+        _shutdown_quietly(client)
+        return f"IMAP {where} dropped the session: {describe(error, settings)}"
+    if not exists:
+        return f"IMAP folder {settings.imap_folder!r} does not exist for user {settings.imap_user} at {where}"
+    return None
+
+
+def record_oversize(engine: Engine, *, uidvalidity: int, uid: int, size: int, limit: int, message_id: str) -> int:
+    """An inbox row for mail too big to fetch: quarantined at once, so an admin sees it and why.
+
+    The SHA-256 column holds `oversize:{uidvalidity}:{uid}` (there are no bytes to hash), which
+    keeps a second poll from adding a second row.
+    """
+    key = f"oversize:{uidvalidity}:{uid}"
+    with store.transaction(engine) as session:
+        existing = session.exec(select(InboxItem.id).where(InboxItem.sha256 == key)).first()  # type: ignore[call-overload]
+        if existing:
+            return int(existing[0])
+        reason = f"message of {size} bytes exceeds MAILDESK_MAX_MESSAGE_BYTES ({limit})"
+        item = InboxItem(received_at=utcnow(), source=SOURCE, sha256=key, message_id=message_id[:1000], size=size,
+                         raw=b"", state="quarantined", reason=reason)
+        session.add(item)
+        session.flush()
+        assert item.id is not None
+    log.warning("message_id=%s inbox=%d outcome=quarantined reason=%r (UID %d, not fetched)", message_id or "-",
+                item.id, reason, uid)
+    return item.id
+
+
+def envelope_message_id(client: IMAPClient, uid: int) -> str:
+    """The Message-ID from the server's ENVELOPE (cheap: no body is sent); '' when it has none."""
+    try:
+        envelope = client.fetch([uid], ["ENVELOPE"]).get(uid, {}).get(b"ENVELOPE")
+    except (IMAPClientAbortError, OSError):
+        raise
+    except Exception:  # an odd ENVELOPE must not stop the poll: the Message-ID is only for humans
+        log.debug("no ENVELOPE for UID %d", uid, exc_info=True)
+        return ""
+    value = getattr(envelope, "message_id", None)
+    return value.decode("ascii", "replace") if isinstance(value, bytes) else ""
+
+
+def chunks_by_size(uids: list[int], sizes: dict[int, int], budget: int) -> Iterator[list[int]]:
+    """Consecutive groups of UIDs whose sizes add up to at most `budget` (a bigger one goes alone)."""
+    chunk: list[int] = []
+    total = 0
+    for uid in uids:
+        if chunk and total + sizes[uid] > budget:
+            yield chunk
+            chunk, total = [], 0
+        chunk.append(uid)
+        total += sizes[uid]
+    if chunk:
+        yield chunk
+
+
+def uid_ranges(uids: list[int]) -> str:
+    """UIDs as an IMAP sequence set for logs: [1, 2, 3, 7] -> '1:3,7'."""
+    runs: list[list[int]] = []
+    for uid in sorted(uids):
+        if runs and runs[-1][1] == uid - 1:
+            runs[-1][1] = uid
+        else:
+            runs.append([uid, uid])
+    return ",".join(str(first) if first == last else f"{first}:{last}" for first, last in runs)
+
+
+def endpoint(settings: Settings) -> str:
+    """host:port as the admin should read it in messages (the default port filled in)."""
+    port = settings.imap_port or (993 if settings.imap_ssl else 143)
+    return f"{settings.imap_host}:{port}"
+
+
+def describe(error: BaseException, settings: Settings) -> str:
+    """The first line of an error, with the password taken out should a server echo it."""
+    text = (str(error).splitlines() or [""])[0] or type(error).__name__
+    if settings.imap_password:
+        text = text.replace(settings.imap_password, "***")
+    return text
+
+
+def _text_of(atoms: tuple[object, ...]) -> str:
+    """An untagged response as imapclient splits it, back to the words a person reads."""
+    return " ".join(atom.decode("utf-8", "replace") if isinstance(atom, bytes) else str(atom) for atom in atoms)
+
+
+def _shutdown_quietly(client: IMAPClient) -> None:
+    try:
+        client.shutdown()
+    except (*CONNECTION_ERRORS, ValueError, AttributeError):
+        pass
