@@ -47,6 +47,7 @@ def add_user(address: str, *, session: Session, name: str, now: datetime, organi
                 organisation_id=organisation_id, responsible=responsible, language=language, created_at=now)
     session.add(user)
     session.flush()
+    store.forget_users(session=session)
     return user
 
 

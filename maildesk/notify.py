@@ -142,12 +142,11 @@ class Notifier:
             created_at=now,
         )
         session.add(item)
-        if ticket is not None:
-            session.flush()
+        if ticket is not None:  # the thread shows outgoing mail too; linked by its Message-ID
             session.add(Message(ticket_id=ticket.id, direction="out", message_id=item.message_id,
                                 in_reply_to=item.in_reply_to, sender=self.settings.support_address,
                                 subject=item.subject, new_text=rendered.text, full_text=rendered.text,
-                                outbox_id=item.id, created_at=now, internal=recipient.role != "customer"))
+                                created_at=now, internal=recipient.role != "customer"))
         return item
 
     def addresses(self, ticket: Ticket | None, recipient: Recipient, purpose: str) -> tuple[str, str]:

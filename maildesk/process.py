@@ -82,31 +82,41 @@ class Pipeline:
 
     def store_raw(self, raw: bytes, source: str) -> Stored:
         """Save the raw bytes (idempotent by SHA-256); raises on a database failure."""
-        digest = hashlib.sha256(raw).hexdigest()
-        with store.transaction(self.engine) as session:
-            existing = session.exec(select(InboxItem.id).where(InboxItem.sha256 == digest)).first()  # type: ignore[call-overload]
-            if existing:
-                return Stored(existing[0], new=False)
-        try:
-            with store.transaction(self.engine) as session:
-                item = InboxItem(received_at=self.clock(), source=source, sha256=digest, size=len(raw), raw=raw,
-                                 message_id=quick_message_id(raw))
-                session.add(item)
-                session.flush()
-                assert item.id is not None
-                return Stored(item.id, new=True)
-        except IntegrityError:
-            with store.transaction(self.engine) as session:
-                row = session.exec(select(InboxItem.id).where(InboxItem.sha256 == digest)).one()  # type: ignore[call-overload]
-                return Stored(row[0], new=False)
+        return self.store_many([raw], source)[0]
 
     def store_many(self, raws: list[bytes], source: str) -> list[Stored]:
-        """Save a batch of raw messages; each result says whether it was new."""
-        return [self.store_raw(raw, source) for raw in raws]
+        """Save a batch of raw messages in one transaction; each result says whether it was new.
 
-    def process_many(self, inbox_ids: list[int]) -> list[Outcome | None]:
-        """Process stored rows in order; one bad message never stops the others."""
-        return [self.process_inbox_item(inbox_id) for inbox_id in inbox_ids]
+        Idempotent by SHA-256: a message seen before (a re-fetch after a crash, an MTA
+        retry) keeps its row. Raises on a database failure, so the transport acknowledges nothing.
+        """
+        digests = [hashlib.sha256(raw).hexdigest() for raw in raws]
+        try:
+            return self._store_new(raws, digests, source)
+        except IntegrityError:  # another worker stored one of them meanwhile: one at a time
+            return [self._store_new([raw], [digest], source)[0] for raw, digest in zip(raws, digests)]
+
+    def _store_new(self, raws: list[bytes], digests: list[str], source: str) -> list[Stored]:
+        now = self.clock()
+        with store.transaction(self.engine) as session:
+            known: dict[str, int] = {row.sha256: row.id for row in session.execute(
+                select(InboxItem.sha256, InboxItem.id).where(InboxItem.sha256.in_(set(digests))))}  # type: ignore[attr-defined]
+            fresh: dict[str, InboxItem] = {}
+            for raw, digest in zip(raws, digests):
+                if digest not in known and digest not in fresh:
+                    fresh[digest] = InboxItem(received_at=now, source=source, sha256=digest, size=len(raw), raw=raw,
+                                              message_id=quick_message_id(raw))
+            session.add_all(fresh.values())
+            session.flush()
+            results = []
+            for digest in digests:
+                if digest in known:
+                    results.append(Stored(known[digest], new=False))
+                else:
+                    item = fresh[digest]
+                    assert item.id is not None
+                    results.append(Stored(item.id, new=not any(r.inbox_id == item.id for r in results)))
+            return results
 
     def state_of(self, inbox_id: int) -> tuple[str, str]:
         """The row's state and reason (what a transport needs to file the original)."""
@@ -120,52 +130,90 @@ class Pipeline:
         stored = self.store_raw(raw, source)
         return self.process_inbox_item(stored.inbox_id)
 
-    def claim(self, inbox_id: int) -> bool:
-        """Take a row for processing; False when another worker has it or it is done."""
+    def claim(self, inbox_ids: list[int]) -> list[int]:
+        """Take rows for processing; rows another worker has, or that are done, are left out.
+
+        One conditional UPDATE: correct on SQLite and PostgreSQL alike, so two daemons never
+        process the same row (a crashed worker's claim expires after CLAIM_LEASE).
+        """
         now = self.clock()
         with store.transaction(self.engine) as session:
             result = session.execute(
                 update(InboxItem)
-                .where(InboxItem.id == inbox_id)
+                .where(InboxItem.id.in_(inbox_ids))  # type: ignore[union-attr]
                 .where(or_(InboxItem.state.in_(RETRYABLE),  # type: ignore[attr-defined]
                            (InboxItem.state == State.PROCESSING.value) & (InboxItem.claimed_at < now - CLAIM_LEASE)))
                 .values(state=State.PROCESSING.value, claimed_by=self.worker, claimed_at=now,
                         attempts=InboxItem.attempts + 1)
-            )
-            return result.rowcount == 1  # type: ignore[attr-defined]
+                .returning(InboxItem.id))
+            claimed = {row[0] for row in result}
+        return [inbox_id for inbox_id in inbox_ids if inbox_id in claimed]
 
     def process_inbox_item(self, inbox_id: int) -> Outcome | None:
         """Process one stored row end to end; never raises for a bad message."""
-        if not self.claim(inbox_id):
-            return None
+        return self.process_many([inbox_id])[0]
+
+    def process_many(self, inbox_ids: list[int]) -> list[Outcome | None]:
+        """Process stored rows in one transaction, each in its own savepoint.
+
+        A message that breaks is rolled back alone and marked failed (quarantined after
+        MAX_ATTEMPTS); the others go on. None for a row that was not ours to process.
+        """
+        claimed = self.claim(inbox_ids) if inbox_ids else []
+        if not claimed:
+            return [None] * len(inbox_ids)
         started = time.perf_counter()
         with store.transaction(self.engine) as session:
-            item = session.get(InboxItem, inbox_id)
-            assert item is not None
-            raw, attempts = item.raw, item.attempts
+            rows = {row.id: row for row in session.execute(
+                select(InboxItem.id, InboxItem.raw, InboxItem.attempts).where(InboxItem.id.in_(claimed)))}  # type: ignore[union-attr]
+        parsed = {inbox_id: self._parse(rows[inbox_id].raw, rows[inbox_id].attempts) for inbox_id in claimed}
+        outcomes: dict[int, Outcome] = {}
+        with store.transaction(self.engine) as session:
+            for inbox_id in claimed:
+                outcomes[inbox_id] = self._process_one(inbox_id, parsed[inbox_id], rows[inbox_id].attempts,
+                                                       session, started)
+        for outcome in outcomes.values():
+            _log_outcome(outcome)
+        return [outcomes.get(inbox_id) for inbox_id in inbox_ids]
+
+    def _parse(self, raw: bytes, attempts: int) -> InboundMail | tuple[str, bool]:
+        """The parsed mail, or (reason, quarantine now?) when it cannot be parsed."""
         try:
-            mail = parse_mail(raw)
+            return parse_mail(raw)
         except ParseError as error:
-            return self._finish_failure(inbox_id, f"cannot parse: {error}", started, quarantine=True)
+            return f"cannot parse: {error}", True
         except Exception as error:  # a parser bug must not stop the loop
-            return self._finish_failure(inbox_id, f"parser error: {type(error).__name__}: {error}", started,
-                                        quarantine=attempts >= MAX_ATTEMPTS)
+            return f"parser error: {type(error).__name__}: {error}", attempts >= MAX_ATTEMPTS
+
+    def _process_one(self, inbox_id: int, mail: InboundMail | tuple[str, bool], attempts: int, session: Session,
+                     started: float) -> Outcome:
+        item = session.get(InboxItem, inbox_id)
+        assert item is not None
+        if isinstance(mail, tuple):
+            reason, quarantine = mail
+            return self._mark_failed(item, reason, quarantine, "", session, started)
         try:
-            with store.transaction(self.engine) as session:
-                item = session.get(InboxItem, inbox_id)
-                assert item is not None
+            with session.begin_nested():
                 handled = self._handle(mail, item, session)
-                item.state, item.reason, item.processed_at = handled.state, handled.reason, self.clock()
-                item.ticket_id, item.sender, item.claimed_by = handled.ticket_id, mail.from_address, None
+                item.state, item.reason, item.processed_at = handled.state, handled.reason[:2000], self.clock()
+                item.ticket_id, item.sender, item.claimed_by = handled.ticket_id, mail.from_address[:320], None
                 session.add(item)
         except Exception as error:
             log.exception("message %s failed", mail.message_id or f"inbox:{inbox_id}")
-            return self._finish_failure(inbox_id, f"{type(error).__name__}: {error}", started,
-                                        quarantine=attempts >= MAX_ATTEMPTS, message_id=mail.message_id)
-        outcome = Outcome(inbox_id, handled.state, handled.ticket_key, handled.reason, mail.message_id,
-                          (time.perf_counter() - started) * 1000)
-        _log_outcome(outcome)
-        return outcome
+            item = session.get(InboxItem, inbox_id)
+            assert item is not None
+            return self._mark_failed(item, f"{type(error).__name__}: {error}", attempts >= MAX_ATTEMPTS,
+                                     mail.message_id, session, started)
+        return Outcome(inbox_id, handled.state, handled.ticket_key, handled.reason, mail.message_id,
+                       (time.perf_counter() - started) * 1000)
+
+    def _mark_failed(self, item: InboxItem, reason: str, quarantine: bool, message_id: str, session: Session,
+                     started: float) -> Outcome:
+        state = State.QUARANTINED.value if quarantine else State.FAILED.value
+        item.state, item.reason, item.claimed_by = state, reason[:2000], None
+        session.add(item)
+        assert item.id is not None
+        return Outcome(item.id, state, None, reason, message_id, (time.perf_counter() - started) * 1000)
 
     def _handle(self, mail: InboundMail, item: InboxItem, session: Session) -> Handled:
         """Classify, identify, route, then hand the mail to the handler for its route."""
@@ -197,18 +245,6 @@ class Pipeline:
         if key and store.find_ticket(key, session=session):
             return key
         return store.ticket_key_by_message_ids(thread_ids(mail.in_reply_to, mail.references), session=session)
-
-    def _finish_failure(self, inbox_id: int, reason: str, started: float, *, quarantine: bool,
-                        message_id: str = "") -> Outcome:
-        state = State.QUARANTINED.value if quarantine else State.FAILED.value
-        with store.transaction(self.engine) as session:
-            item = session.get(InboxItem, inbox_id)
-            assert item is not None
-            item.state, item.reason, item.claimed_by = state, reason[:2000], None
-            session.add(item)
-        outcome = Outcome(inbox_id, state, None, reason, message_id, (time.perf_counter() - started) * 1000)
-        _log_outcome(outcome)
-        return outcome
 
     def release_own_claims(self) -> int:
         """Rows this worker had claimed when it died go back to the queue at once."""

@@ -91,7 +91,19 @@ def transaction(engine: Engine) -> Iterator[Session]:
 
 
 def find_user(address: str, *, session: Session) -> User | None:
-    return session.exec(select(User).where(User.address == address.lower())).scalars().first()  # type: ignore[call-overload]
+    """The user with this address (case-insensitive); cached for the session's transaction,
+    because one mail looks the same people up many times."""
+    address = address.lower()
+    cache: dict[str, User | None] = session.info.setdefault("users", {})
+    if address not in cache:
+        cache[address] = session.exec(select(User).where(User.address == address)).scalars().first()  # type: ignore[call-overload]
+    return cache[address]
+
+
+def forget_users(*, session: Session) -> None:
+    """Drop the session's user cache (after users were added or changed in it)."""
+    session.info.pop("users", None)
+    session.info.pop("agents", None)
 
 
 def find_organisation(name: str, *, session: Session) -> Organisation | None:
@@ -113,8 +125,10 @@ def ticket_key_by_message_ids(message_ids: Sequence[str], *, session: Session) -
 
 
 def agents(*, session: Session) -> list[User]:
-    return list(session.exec(select(User).where(User.role.in_(("agent", "admin")))  # type: ignore[call-overload]
-                             .order_by(User.id)).scalars())
+    if "agents" not in session.info:
+        session.info["agents"] = list(session.exec(select(User).where(User.role.in_(("agent", "admin")))  # type: ignore[call-overload]
+                                                   .order_by(User.id)).scalars())
+    return list(session.info["agents"])
 
 
 def responsible_representatives(organisation_id: int | None, *, session: Session) -> list[User]:
