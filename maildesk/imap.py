@@ -24,6 +24,7 @@ from imapclient import DELETED, IMAPClient, SocketTimeout
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginError
 from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
+from sqlmodel import col
 
 from maildesk import store
 from maildesk.config import Settings
@@ -38,6 +39,7 @@ DEAD_AFTER_EARLY_EMPTIES = 3  # a closed socket answers idle_check with [] at on
 CONNECT_TIMEOUT_SECONDS = 15.0
 READ_TIMEOUT_SECONDS = 120.0
 FETCH_CHUNK_BYTES = 32 * 1024 * 1024  # one BODY[] FETCH holds at most this much (or one message)
+PROCESS_GROUP = 20  # rows per pipeline transaction; a stop waits for at most one group
 FIRST_BACKOFF_SECONDS = 1.0
 MAX_BACKOFF_SECONDS = 60.0
 SOURCE = "imap"
@@ -125,7 +127,10 @@ class ImapPoller:
         All of them, not only those above the cursor: whatever is still in the folder was not
         filed yet (a crash, a failed message), and the pipeline's SHA-256 makes a second look harmless.
         """
+        # imaplib would keep every EXPUNGE of a long session (its own select() starts afresh too)
+        client._imap.untagged_responses.clear()
         uidvalidity = int(client.select_folder(self.settings.imap_folder)[b"UIDVALIDITY"])
+        announced_new_mail(client)  # SELECT's own EXISTS: what the SEARCH below will see anyway
         last_uid = self._check_cursor(uidvalidity)
         uids = sorted(int(uid) for uid in client.search(["ALL"]))
         present = set(uids)
@@ -173,19 +178,27 @@ class ImapPoller:
         return _Saved(entries, fetched, stored_new)
 
     def _process(self, entries: dict[int, int]) -> tuple[int, dict[str, list[int]]]:
-        """Run the pipeline on each stored row; the folder each original belongs in, by its final state."""
+        """Run the pipeline on the stored rows; the folder each original belongs in, by its final state.
+
+        Rows go to the pipeline in groups (one transaction each, for speed on a backlog) and a stop
+        is honoured between groups; what is not filed yet is stored and will be seen again.
+        """
         processed = 0
         filing: dict[str, list[int]] = {}
         folders = {"processed": self.settings.imap_processed_folder,
                    "quarantine": self.settings.imap_quarantine_folder}
-        for uid in sorted(entries):
+        uids = sorted(entries)
+        for start in range(0, len(uids), PROCESS_GROUP):
             if self.stop_event.is_set():
-                break  # what is not filed yet is stored and will be seen again
-            # None: already handled (a re-delivery, a restart) or claimed by another worker
-            processed += self.pipeline.process_inbox_item(entries[uid]) is not None
-            state, _reason = self.pipeline.state_of(entries[uid])
-            if state in FILING:
-                filing.setdefault(folders[FILING[state]], []).append(uid)
+                break
+            group = uids[start:start + PROCESS_GROUP]
+            outcomes = self.pipeline.process_many([entries[uid] for uid in group])
+            for uid, outcome in zip(group, outcomes):
+                # None: already handled (a re-delivery, a restart) or claimed by another worker
+                processed += outcome is not None
+                state = outcome.state if outcome is not None else self.pipeline.state_of(entries[uid])[0]
+                if state in FILING:
+                    filing.setdefault(folders[FILING[state]], []).append(uid)
         return processed, filing
 
     def _move(self, client: IMAPClient, uids: list[int], folder: str) -> int:
@@ -232,9 +245,9 @@ class ImapPoller:
     def _advance_cursor(self, uidvalidity: int, uid: int) -> None:
         """Called only after the batch's raw bytes are committed; never moves backwards."""
         with store.transaction(self.pipeline.engine) as session:
-            session.execute(update(ImapCursor).where(ImapCursor.folder == self.settings.imap_folder,
-                                                     ImapCursor.uidvalidity == uidvalidity,
-                                                     ImapCursor.last_uid < uid).values(last_uid=uid))
+            session.execute(update(ImapCursor).where(col(ImapCursor.folder) == self.settings.imap_folder,
+                                                     col(ImapCursor.uidvalidity) == uidvalidity,
+                                                     col(ImapCursor.last_uid) < uid).values(last_uid=uid))
 
     # ---- the loop -----------------------------------------------------------------------
 
@@ -246,12 +259,13 @@ class ImapPoller:
         """
         self._runner = threading.get_ident()
         delay = FIRST_BACKOFF_SECONDS
+        announced = False
         try:
             while not self.stop_event.is_set():
                 try:
                     report = self.poll_once()
                     delay = FIRST_BACKOFF_SECONDS
-                    self._wait_for_mail(report)
+                    announced = self._wait_for_mail(report, after_announcement=announced)
                     continue
                 except ImapError as error:
                     log.warning("%s; reconnecting in %.0f s", error, delay)
@@ -264,14 +278,23 @@ class ImapPoller:
             self._runner = None
             self.close()
 
-    def _wait_for_mail(self, report: PollReport) -> None:
-        """IDLE when the server offers it, else sleep; mail left behind (failed) is retried after a poll interval."""
+    def _wait_for_mail(self, report: PollReport, *, after_announcement: bool = False) -> bool:
+        """IDLE when the server offers it, else sleep; mail left behind (failed) is retried after a poll interval.
+
+        Returns True when the server had already announced new mail, so the caller polls at
+        once. After such a poll found nothing, an announcement is not trusted again (no busy loop
+        on a server that sends EXISTS for other reasons).
+        """
         if self.stop_event.is_set():
-            return
+            return False
+        announced = announced_new_mail(self._connection())
+        if announced and not (after_announcement and report.fetched == report.moved == 0):
+            return True
         if b"IDLE" not in self._capabilities:
             self.stop_event.wait(self.settings.imap_poll_seconds)
-            return
+            return False
         self._idle(self.settings.imap_poll_seconds if report.left else self.idle_reissue_seconds)
+        return False
 
     def _idle(self, limit: float) -> None:
         """IDLE until new mail, `limit` seconds or a stop; a dead server shows as BYE or as early empty answers.
@@ -408,6 +431,17 @@ def record_oversize(engine: Engine, *, uidvalidity: int, uid: int, size: int, li
     log.warning("message_id=%s inbox=%d outcome=quarantined reason=%r (UID %d, not fetched)", message_id or "-",
                 item.id, reason, uid)
     return item.id
+
+
+def announced_new_mail(client: IMAPClient) -> bool:
+    """Whether the server announced new mail (EXISTS) alongside an earlier command; forgets it.
+
+    Mail that arrives while our SEARCH runs is announced at the end of that command, and
+    imapclient files such untagged responses in imaplib's `untagged_responses`, where
+    idle_check never looks: without this check it would wait for the next IDLE re-issue.
+    (RECENT is no sign: Dovecot sends `* 0 RECENT` after a MOVE.)
+    """
+    return bool(client._imap.untagged_responses.pop("EXISTS", None))
 
 
 def envelope_message_id(client: IMAPClient, uid: int) -> str:

@@ -298,6 +298,37 @@ def test_idle_brings_a_new_mail_in_within_seconds_and_a_stop_ends_the_loop_at_on
     assert not thread.is_alive() and time.monotonic() - started < 2
 
 
+class PollerWithMailDuringSearch(ImapPoller):
+    """Mail arrives while the first poll's SEARCH runs: the server announces it only at that command's end."""
+
+    def __init__(self, *args: Any, deliver: Callable[[], None], **options: Any) -> None:
+        super().__init__(*args, **options)
+        self.deliver: Callable[[], None] | None = deliver
+
+    def poll_once(self) -> PollReport:
+        report = super().poll_once()
+        if self.deliver is not None:
+            self.deliver()
+            self.deliver = None
+            assert self._client is not None
+            assert self._client.search(["ALL"]) == []  # Dovecot answers from the old view, then "* 1 EXISTS"
+        return report
+
+
+def test_mail_announced_during_a_search_is_fetched_at_once_not_at_the_next_idle(desk: Desk, dovecot: Any) -> None:
+    stop = threading.Event()
+    poller = PollerWithMailDuringSearch(desk.settings, desk.pipeline, stop_event=stop, idle_reissue_seconds=3600,
+                                        deliver=lambda: dovecot.append("INBOX", customer_mail("Raced the SEARCH")))
+    thread = run_in_thread(poller)
+    try:
+        eventually(desk.tickets, 10, "a ticket from the mail announced before IDLE began")
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        poller.close()
+    assert not thread.is_alive()
+
+
 def test_a_server_restart_during_idle_is_survived_with_a_reconnect(
         desk: Desk, dovecot: Any, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="maildesk.imap")
