@@ -86,7 +86,7 @@ def test_imap_to_ticket_to_smtp_end_to_end(tmp_path: Path, dovecot, smtp_sink) -
         assert b"[SD-1]" in acknowledgement.raw
         wait_until(lambda: dovecot.count("Processed") == 1 and dovecot.count("INBOX") == 0, 20,
                    what="the original in Processed")
-        reply_to = acknowledgement.message["Reply-To"]
+        reply_to = acknowledgement.parsed()["Reply-To"]
         dovecot.append("INBOX", make_mail("anna@acme.example", "Re: Printer", "Also the scanner.",
                                           to=reply_to, in_reply_to=acknowledgement.message_id))
         wait_until(lambda: dovecot.count("Processed") == 2, 20, what="the reply processed")
@@ -100,13 +100,15 @@ def test_imap_to_ticket_to_smtp_end_to_end(tmp_path: Path, dovecot, smtp_sink) -
 
 
 def test_sigkill_at_random_points_loses_and_duplicates_nothing(tmp_path: Path, dovecot, smtp_sink) -> None:
-    """C1: a backlog of 200 mails; the daemon is killed 6 times at random moments and restarted."""
+    """C1: a backlog of 200 mails; the daemon is killed 6 times at random moments and restarted.
+
+    The mails come from 50 customers (4 each), under the acknowledgement rate limit."""
     dovecot.reset()
-    customers = [f"c{n}@acme.example" for n in range(20)]
+    customers = [f"c{n}@acme.example" for n in range(50)]
     daemon = DaemonProcess(imap_env(dovecot, smtp_sink, MAILDESK_IMAP_BATCH_SIZE="20"), tmp_path)
     add_people(daemon, customers)
     for n in range(200):
-        dovecot.append("INBOX", make_mail(customers[n % 20], f"Request {n}", f"Body {n}", to="support@desk.example",
+        dovecot.append("INBOX", make_mail(customers[n % 50], f"Request {n}", f"Body {n}", to="support@desk.example",
                                           message_id=f"<request-{n}@client.example>"))
     rng = random.Random(20261126)
     try:
