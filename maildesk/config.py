@@ -71,6 +71,8 @@ class Settings:
     address_separator: str
     ack_limit_per_hour: int
     answer_limit_per_hour: int
+    default_service_level: str
+    deadline_warning_minutes: int
 
     def __repr__(self) -> str:
         shown = {field.name: ("***" if _is_secret(field.name) and getattr(self, field.name) else
@@ -226,6 +228,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ADDRESS_SEPARATOR", _one_of("+", "-", "=", "_"), "+"),
     Setting("ACK_LIMIT_PER_HOUR", _integer(0, 10000), "5"),
     Setting("ANSWER_LIMIT_PER_HOUR", _integer(1, 10000), "10"),
+    Setting("DEFAULT_SERVICE_LEVEL", _text, "standard"),
+    Setting("DEADLINE_WARNING_MINUTES", _integer(0, 100000), "60"),
 )
 FILE_SETTINGS = ("SECRET_KEY", "IMAP_PASSWORD", "SMTP_PASSWORD")
 

@@ -86,6 +86,23 @@ class Ticket(SQLModel, table=True):
     created_at: datetime = _when()  # type: ignore[assignment]
     updated_at: datetime = _when()  # type: ignore[assignment]
     status_changed_at: datetime = _when()  # type: ignore[assignment]
+    # Service-level clocks (maildesk.timers): anchors, due times, and "done at" marks that make
+    # every warning, reminder and breach happen once. Times are recomputed from the anchors.
+    first_response_due_at: datetime | None = _when(nullable=True, index=True)  # type: ignore[assignment]
+    first_response_warn_at: datetime | None = _when(nullable=True, index=True)  # type: ignore[assignment]
+    first_response_at: datetime | None = _when(nullable=True)  # type: ignore[assignment]
+    first_response_warned_at: datetime | None = _when(nullable=True)  # type: ignore[assignment]
+    first_response_breached_at: datetime | None = _when(nullable=True)  # type: ignore[assignment]
+    estimate_accepted_at: datetime | None = _when(nullable=True)  # type: ignore[assignment]
+    work_start_due_at: datetime | None = _when(nullable=True, index=True)  # type: ignore[assignment]
+    work_start_warn_at: datetime | None = _when(nullable=True, index=True)  # type: ignore[assignment]
+    work_started_at: datetime | None = _when(nullable=True)  # type: ignore[assignment]
+    work_start_warned_at: datetime | None = _when(nullable=True)  # type: ignore[assignment]
+    work_start_breached_at: datetime | None = _when(nullable=True)  # type: ignore[assignment]
+    acceptance_started_at: datetime | None = _when(nullable=True)  # type: ignore[assignment]
+    acceptance_due_at: datetime | None = _when(nullable=True, index=True)  # type: ignore[assignment]
+    reminder_due_at: datetime | None = _when(nullable=True, index=True)  # type: ignore[assignment]
+    reminder_sent_at: datetime | None = _when(nullable=True)  # type: ignore[assignment]
 
 
 class InboxItem(SQLModel, table=True):
@@ -210,3 +227,29 @@ class ConsumedToken(SQLModel, table=True):
     ticket_id: int = Field(foreign_key="tickets.id")
     inbox_id: int | None = Field(default=None, foreign_key="inbox.id")
     at: datetime = _when()  # type: ignore[assignment]
+
+
+class ServiceLevel(SQLModel, table=True):
+    """What an organisation is promised: durations in business time, and the calendar they count in."""
+
+    __tablename__ = "service_levels"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, max_length=100)
+    first_response: str = Field(default="4h", max_length=20, description="e.g. 4h: business time")
+    work_start: str = Field(default="2d", max_length=20, description="after ESTIMATE ACCEPTED")
+    acceptance_term: str = Field(default="5d", max_length=20, description="WAITING FOR CUSTOMER until auto-close")
+    hours: str = Field(default="Mon-Fri 09:00-17:00", max_length=200)
+    timezone: str = Field(default="Europe/Riga", max_length=64)
+    holidays: str = Field(default="LV", max_length=10, description="country code for `holidays`; empty: none")
+    created_at: datetime = _when()  # type: ignore[assignment]
+
+
+class ClosedDay(SQLModel, table=True):
+    """A day the desk is closed besides public holidays (every service level's calendar)."""
+
+    __tablename__ = "closed_days"
+
+    day: date = Field(primary_key=True)
+    reason: str = Field(default="", max_length=200)
+    created_at: datetime = _when()  # type: ignore[assignment]
