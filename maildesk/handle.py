@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select
 from sqlmodel import Session
 
-from maildesk import store
+from maildesk import deadlines, store
 from maildesk.config import Settings
 from maildesk.core.authorize import authorize
 from maildesk.core.classify import Classification
@@ -174,6 +174,8 @@ class MailHandler:
         applied: list[str] = []
         told: set[str] = set()
         comment = "" if internal else parsed.comment
+        if not internal:
+            deadlines.on_reply(ticket, agent=actor.is_agent, session=session, settings=self.settings, now=now)
         for command in parsed.commands:
             result = self.check(command, state, actor_user=user, session=session, now=now)
             if isinstance(result, Rejected):
@@ -239,6 +241,7 @@ class MailHandler:
         if internal:
             return
         is_agent = user.role in ("agent", "admin")
+        deadlines.on_reply(ticket, agent=is_agent, session=session, settings=self.settings, now=now)
         audience = Audience.REPORTER if is_agent else Audience.AGENT
         self.notifier.notify(ticket, (("comment", audience),), session=session, actor=user.address, now=now,
                              thread=thread, extra={"comment": text, "internal": False})

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlmodel import Session
 
-from maildesk import store
+from maildesk import deadlines, store
 from maildesk.config import Settings
 from maildesk.core.workflow import (
     ADD_NEW_USERS, DEFAULT_TYPE, Actor, Audience, Command, Decision, Holder, Rejected, Role, Status,
@@ -68,12 +68,13 @@ def create_ticket(data: NewTicketData, *, session: Session, settings: Settings, 
     session.add(ticket)
     store.add_event(session=session, ticket_id=ticket.id, at=now, actor=actor, command=CREATED,
                     to_status=Status.OPEN.value, reason=f"opened by {data.channel}")
+    deadlines.on_status_change(ticket, session=session, settings=settings, now=now)
     return ticket
 
 
 def apply_decision(ticket: Ticket, decision: Decision, *, session: Session, notifier: Notifier,
                    actor: str, now: datetime, thread: Thread, line: str, comment: str = "",
-                   told: set[str] | None = None) -> None:
+                   told: set[str] | None = None, reason: str = "") -> None:
     """Write what a Decision says and queue its notices, in the caller's transaction."""
     request = decision.request
     if decision.changes_status:
@@ -92,8 +93,10 @@ def apply_decision(ticket: Ticket, decision: Decision, *, session: Session, noti
         ticket.assignee, ticket.holder = request.argument, Holder.AGENT.value
     ticket.updated_at = now
     session.add(ticket)
+    if decision.changes_status:
+        deadlines.on_status_change(ticket, session=session, settings=notifier.settings, now=now)
     store.add_event(session=session, ticket_id=ticket.id, at=now, actor=actor, command=line or request.command.value,
-                    from_status=decision.from_status.value, to_status=decision.to_status.value)
+                    from_status=decision.from_status.value, to_status=decision.to_status.value, reason=reason)
     extra = {"from_status": decision.from_status.value, "to_status": decision.to_status.value, "comment": comment}
     notifier.notify(ticket, decision.notices, session=session, actor=actor, now=now, thread=thread,
                     extra=extra, already=told)
