@@ -14,6 +14,7 @@ from sqlalchemy.engine import Engine, make_url
 
 from maildesk import operations, store
 from maildesk.config import ConfigError, Settings, load_settings
+from maildesk.cli_sla import org_set, report_app, sla_app, tick
 from maildesk.directory import DirectoryError, add_organisation, add_user, list_users
 from maildesk.models import OutboxItem, Ticket, utcnow
 from maildesk.outbox import folder_transport, send_due
@@ -35,6 +36,10 @@ inbox_app = typer.Typer(help="Incoming mail as it was kept.", no_args_is_help=Tr
 for name, sub in (("db", db_app), ("org", org_app), ("user", user_app), ("ticket", ticket_app),
                   ("outbox", outbox_app), ("inbox", inbox_app)):
     app.add_typer(sub, name=name)
+app.add_typer(sla_app, name="sla")
+app.add_typer(report_app, name="report")
+org_app.command("set")(org_set)
+app.command("tick")(tick)
 
 
 @dataclass

@@ -25,6 +25,7 @@ from maildesk.models import utcnow
 from maildesk.outbox import Transport, release_stale_claims, send_due
 from maildesk.process import Pipeline
 from maildesk.sdnotify import Notifier, watchdog_interval
+from maildesk.timers import sweep
 
 log = logging.getLogger("maildesk.daemon")
 IDLE_WAKE_SECONDS = 1.0
@@ -152,11 +153,12 @@ class Daemon:
                 return
 
     def _minutely(self) -> None:
-        """Housekeeping that is safe to run twice: stale claims, failed mail to retry."""
+        """Housekeeping that is safe to run twice: stale claims, failed mail to retry, service-level timers."""
         now = self.clock()
         release_stale_claims(self.engine, now=now)
         for inbox_id in self.pipeline.pending_ids():
             self.stored.put(inbox_id)
+        sweep(self.engine, self.settings, self.pipeline.notifier, now=now)
         self.signals.outbox.set()
 
     def _recover(self) -> None:
@@ -165,3 +167,4 @@ class Daemon:
         release_stale_claims(self.engine, now=self.clock(), worker=self.worker)
         for inbox_id in self.pipeline.pending_ids():
             self.stored.put(inbox_id)
+        sweep(self.engine, self.settings, self.pipeline.notifier, now=self.clock())

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlmodel import Session
 
+from maildesk.deadlines import deadline_view
 from maildesk.models import Event, Message, Organisation, OutboxItem, Ticket, User
 
 
@@ -33,6 +34,7 @@ def ticket_detail(ticket: Ticket, *, session: Session) -> dict[str, Any]:
         "created_at": ticket.created_at.isoformat(),
         "updated_at": ticket.updated_at.isoformat(),
         "status_changed_at": ticket.status_changed_at.isoformat(),
+        "deadlines": deadline_view(ticket),
         "events": [{"at": event.at.isoformat(), "actor": event.actor, "command": event.command,
                     "from_status": event.from_status, "to_status": event.to_status, "outcome": event.outcome,
                     "reason": event.reason} for event in events],
