@@ -144,8 +144,10 @@ def ingest(ctx: typer.Context, files: Annotated[Optional[list[Path]], typer.Argu
     context = _context(ctx)
     try:
         pipeline = Pipeline(context.settings, context.engine())
-    except store.DatabaseNotReady as error:
-        fail(str(error), EX_TEMPFAIL)
+    except ConfigError:
+        raise
+    except Exception as error:  # the MTA keeps the mail and retries: nothing was stored
+        fail(f"nothing stored: {type(error).__name__}: {error}", EX_TEMPFAIL)
     failed = 0
     sources = files or [None]
     for path in sources:
@@ -326,7 +328,7 @@ def run(ctx: typer.Context) -> None:
 def poll(ctx: typer.Context, once: Annotated[bool, typer.Option("--once", help="Fetch and process what is there now.")]
          = False) -> None:
     """Fetch mail from IMAP and process it (with --once: what is there now, then exit)."""
-    from maildesk.imap import ImapPoller
+    from maildesk.imap import ImapError, ImapPoller
     context = _context(ctx)
     if not context.settings.imap_configured:
         fail("MAILDESK_IMAP_HOST is not set: there is no mailbox to poll")
@@ -338,6 +340,8 @@ def poll(ctx: typer.Context, once: Annotated[bool, typer.Option("--once", help="
         poller = ImapPoller(context.settings, pipeline, on_progress=progress)
         try:
             report = poller.poll_once()
+        except ImapError as error:
+            fail(str(error))
         finally:
             poller.close()
     typer.echo(f"fetched {report.fetched}, new {report.stored_new}, processed {report.processed}, "
@@ -379,6 +383,7 @@ def _configure_logging(settings: Settings) -> None:
     import logging
     logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 class _progress:

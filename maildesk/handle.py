@@ -35,6 +35,7 @@ from maildesk.tickets import (
 REPLY_PREFIX = re.compile(r"^\s*((re|fw|fwd|aw|wg|sv|vs|atb|pārs|pars)\s*(\[\d+\])?\s*:\s*)+", re.IGNORECASE)
 UNKNOWN_SENDER_QUIET = timedelta(days=1)
 HOUR = timedelta(hours=1)
+ARGUMENT_CODES = frozenset({"bad_effort", "bad_date", "due_required"})  # the parser knows better why
 
 
 @dataclass(frozen=True)
@@ -195,7 +196,7 @@ class MailHandler:
         """The workflow's decision, then the checks that need the database or the parser's verdict."""
         actor = actor_of(actor_user, session=session)
         result = decide(state, command.request, actor, now, self.reopen_window)
-        if isinstance(result, Rejected):
+        if isinstance(result, Rejected) and not (command.error and result.reason_code in ARGUMENT_CODES):
             return result
         code, reason = command.error, command.error_text
         if not code:

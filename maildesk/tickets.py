@@ -6,6 +6,7 @@ estimate, the audit event and the notices, all in the caller's session.
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -56,7 +57,7 @@ def state_of(ticket: Ticket, *, session: Session) -> TicketState:
 def create_ticket(data: NewTicketData, *, session: Session, settings: Settings, now: datetime,
                   actor: str) -> Ticket:
     """A new OPEN ticket in the agents' queue; the key comes from its never-reused id."""
-    ticket = Ticket(key=f"pending-{data.thread_id[:20]}-{now.timestamp()}", type=data.type or DEFAULT_TYPE,
+    ticket = Ticket(key=f"new-{secrets.token_hex(8)}", type=data.type or DEFAULT_TYPE,  # until the id is known
                     summary=data.summary.strip()[:1000] or "(no subject)", description=data.description,
                     status=Status.OPEN.value, reporter=data.reporter.address,
                     organisation_id=data.reporter.organisation_id, holder=Holder.QUEUE.value,
@@ -138,6 +139,7 @@ def add_customer(address: str, name: str, organisation_id: int | None, *, sessio
                 created_at=now)
     session.add(user)
     session.flush()
+    store.forget_users(session=session)
     return user
 
 
