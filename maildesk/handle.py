@@ -244,8 +244,16 @@ class MailHandler:
         is_agent = user.role in ("agent", "admin")
         deadlines.on_reply(ticket, agent=is_agent, session=session, settings=self.settings, now=now)
         audience = Audience.REPORTER if is_agent else Audience.AGENT
+        # Two auto-responders (a customer's and an agent's) would ping-pong through the ticket.
+        looping = {other.address for other in self.notifier.audience(ticket, audience, user.address, session=session)
+                   if self.keeps_writing(other.address, ticket.id, session=session, now=now)}
+        if looping:
+            store.add_event(session=session, ticket_id=ticket.id, at=now, actor=user.address, command="COMMENT",
+                            from_status=ticket.status, to_status=ticket.status, outcome="ignored",
+                            reason=f"circuit_breaker: no comment mail to {', '.join(sorted(looping))}, "
+                                   "who keep writing to this ticket")
         self.notifier.notify(ticket, (("comment", audience),), session=session, actor=user.address, now=now,
-                             thread=thread, extra={"comment": text, "internal": False})
+                             thread=thread, extra={"comment": text, "internal": False}, already=looping)
 
     def unknown_sender(self, mail: InboundMail, item: InboxItem, sender: Sender, *, session: Session,
                        now: datetime) -> Handled:
@@ -278,6 +286,13 @@ class MailHandler:
             OutboxItem.template == template, OutboxItem.to_addresses == json.dumps([address]),
             OutboxItem.created_at > now - within)
         return int(session.execute(query).scalar_one())
+
+    def keeps_writing(self, address: str, ticket_id: int | None, *, session: Session, now: datetime) -> bool:
+        """The circuit breaker for one ticket: its answer limit of mails to it in the last hour."""
+        query = select(func.count()).select_from(InboxItem).where(InboxItem.sender == address,
+                                                                  InboxItem.ticket_id == ticket_id,
+                                                                  InboxItem.received_at > now - HOUR)
+        return int(session.execute(query).scalar_one()) >= self.settings.answer_limit_per_hour
 
     def may_answer(self, address: str, *, session: Session, now: datetime) -> bool:
         """The circuit breaker: an address that keeps writing gets no automatic answers."""

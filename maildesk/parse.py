@@ -51,6 +51,16 @@ _FOLDING: Final = re.compile(r"\r?\n(?=[ \t])")
 _LOOSE_ADDRESS: Final = re.compile(r"[^\s<>()\[\]@,;:\"']+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 _CONTROL: Final = re.compile(r"[\r\n\x00]")
 _ADDRESS_HEADERS: Final = ("from", "to", "cc")
+# MIME limits, checked on the raw bytes before mail-parser and the stdlib build a tree: the
+# stdlib recurses once per nesting level and builds an object per part, so 2,000 levels or
+# 10,000 parts cost seconds and memory for a mail no person writes. Real mail nests < 10 deep.
+MAX_MIME_DEPTH: Final = 50
+MAX_MIME_PARTS: Final = 1000
+_HEADER_END: Final = re.compile(rb"\r?\n\r?\n")
+_EMPTY_HEADER: Final = re.compile(rb"\r?\n")
+_CONTENT_TYPE: Final = re.compile(rb"^content-type[ \t]*:((?:[^\r\n]|\r?\n[ \t])*)", re.IGNORECASE | re.MULTILINE)
+_BOUNDARY: Final = re.compile(rb"\bboundary[ \t]*=[ \t]*(?:\"([^\"\r\n]*)\"|([^\s;]+))", re.IGNORECASE)
+_CONTAINER: Final = re.compile(rb"^[ \t]*(multipart|message)[ \t]*/[ \t]*([a-z0-9.+-]+)", re.IGNORECASE)
 
 
 class ParseError(Exception):
@@ -79,6 +89,82 @@ def _refuse_non_mail(raw: bytes) -> None:
         raise ParseError("not an RFC 5322 message: the first line is no header field")
     if b"\x00" in _BLANK_LINE.split(raw[:_HEADER_SCAN], maxsplit=1)[0]:
         raise ParseError("not an RFC 5322 message: NUL bytes in the header")
+    depth, parts = mime_shape(raw)
+    if depth > MAX_MIME_DEPTH:
+        raise ParseError(f"MIME parts nested more than {MAX_MIME_DEPTH} deep")
+    if parts > MAX_MIME_PARTS:
+        raise ParseError(f"more than {MAX_MIME_PARTS} MIME parts")
+
+
+def mime_shape(raw: bytes) -> tuple[int, int]:
+    """(nesting depth, number of parts) of a message, read from its raw bytes without a tree.
+
+    A line scan: header blocks name their Content-Type; a multipart pushes its boundary, a
+    message/rfc822 part pushes a level whose header block follows at once; a delimiter line
+    (RFC 2046 5.1.1) of an open boundary closes the levels opened inside it and starts a part.
+    It stops as soon as a limit is passed, so hostile input costs no more than the limit.
+    Approximate where the stdlib is lenient with broken structure; on the public corpus it
+    counts within a few parts and levels of the stdlib's tree.
+    """
+    stack: list[bytes | None] = []  # open levels: a multipart's boundary, None for message/*
+    delimiters: dict[frozenset[bytes], re.Pattern[bytes]] = {}
+    depth = parts = 0
+    position = 0
+    in_headers = True
+    while position <= len(raw):
+        if in_headers:
+            end = _EMPTY_HEADER.match(raw, position) or _HEADER_END.search(raw, position)
+            block = raw[position:end.start() if end else len(raw)]
+            position = end.end() if end else len(raw) + 1
+            kind, boundary = _container(block)
+            in_headers = False
+            if kind == b"multipart" and boundary:
+                stack.append(boundary)
+            elif kind == b"message":
+                stack.append(None)
+                in_headers = True
+            else:
+                continue
+            depth = max(depth, len(stack))
+            if depth > MAX_MIME_DEPTH:
+                return depth, parts
+            continue
+        boundaries = frozenset(boundary for boundary in stack if boundary is not None)
+        if not boundaries:
+            break
+        if boundaries not in delimiters:
+            names = b"|".join(re.escape(name) for name in sorted(boundaries, key=len, reverse=True))
+            delimiters[boundaries] = re.compile(rb"^--(" + names + rb")(--)?[ \t\r]*$", re.MULTILINE)
+        found = delimiters[boundaries].search(raw, position)
+        if found is None:
+            break
+        position = found.end() + 1
+        name, closing = found.group(1), found.group(2) is not None
+        level = max(index for index, boundary in enumerate(stack) if boundary == name)
+        del stack[level + (0 if closing else 1):]
+        if not closing:
+            parts += 1
+            if parts > MAX_MIME_PARTS:
+                return depth, parts
+            in_headers = True
+    return depth, parts
+
+
+def _container(block: bytes) -> tuple[bytes, bytes]:
+    """(b"multipart" | b"message" | b"", boundary) from a header block's first Content-Type."""
+    found = _CONTENT_TYPE.search(block)
+    if found is None:
+        return b"", b""
+    value = found.group(1)
+    kind = _CONTAINER.match(value)
+    if kind is None:
+        return b"", b""
+    major, minor = kind.group(1).lower(), kind.group(2).lower()
+    if major == b"message" and minor not in (b"rfc822", b"global"):
+        return b"", b""  # delivery-status and the like are header blocks, not mails
+    boundary = _BOUNDARY.search(value)
+    found_boundary = (boundary.group(1) if boundary.group(1) is not None else boundary.group(2)) if boundary else b""
+    return major, found_boundary.rstrip(b" \t")
 
 
 def _inbound(parsed: Any) -> InboundMail:
