@@ -17,7 +17,8 @@ from maildesk.config import ConfigError, Settings, load_settings
 from maildesk.cli_sla import org_set, report_app, sla_app, tick
 from maildesk.directory import DirectoryError, add_organisation, add_user, list_users
 from maildesk.models import OutboxItem, Ticket, utcnow
-from maildesk.outbox import folder_transport, send_due
+from maildesk.outbox import send_due
+from maildesk.smtp import transport_for
 from maildesk.process import Pipeline
 from maildesk.tickets import open_for_caller
 from maildesk.views import outbox_row, ticket_detail, ticket_summary, user_row
@@ -81,6 +82,11 @@ def print_json(value: Any) -> None:
 def main_options(ctx: typer.Context, env_file: Annotated[Optional[Path], typer.Option(
         "--env-file", help="Read settings from this file (default: ./.env when present).")] = None) -> None:
     ctx.obj = Context(env_file)
+    try:
+        ctx.obj.settings
+    except ConfigError as error:
+        typer.echo(f"maildesk: configuration error: {error}", err=True)
+        raise typer.Exit(EX_CONFIG) from None
 
 
 @db_app.command("upgrade")
@@ -241,10 +247,10 @@ def outbox_list(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--jso
 
 @outbox_app.command("send")
 def outbox_send(ctx: typer.Context) -> None:
-    """Send every due outbox message (to MAILDESK_DATA_DIR/sent/ when no SMTP host is set)."""
+    """Send every due outbox message over SMTP (to MAILDESK_DATA_DIR/sent/ when no SMTP host is set)."""
     context = _context(ctx)
     engine = context.engine()
-    transport = folder_transport(context.settings)
+    transport = transport_for(context.settings)
     total_sent = total_retried = total_failed = 0
     while True:
         report = send_due(engine, context.settings, transport, now=utcnow())

@@ -126,6 +126,8 @@ def _boolean(value: str) -> bool:
 
 def _integer(low: int, high: int) -> Callable[[str], int]:
     def convert(value: str) -> int:
+        if not value.strip().lstrip("-").isdigit():
+            raise ValueError(f"expected a whole number from {low} to {high}")
         number = int(value.strip())
         if not low <= number <= high:
             raise ValueError(f"expected a whole number from {low} to {high}")

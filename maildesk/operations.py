@@ -5,6 +5,7 @@ The command line prints; these functions only look and change, so tests call the
 
 from __future__ import annotations
 
+import json
 import smtplib
 import socket
 from dataclasses import dataclass
@@ -113,13 +114,18 @@ def requeue_inbox(engine: Engine, inbox_id: int | None) -> list[int]:
 
 
 def requeue_outbox(engine: Engine, outbox_id: int) -> bool:
-    """A failed outbox row is tried again now (a fixed address, a server back up)."""
+    """A failed outbox row is tried again now (a fixed address, a server back up): its refused
+    recipients get a new attempt, those already delivered are not mailed twice."""
     with store.transaction(engine) as session:
-        result = session.execute(update(OutboxItem).where(OutboxItem.id == outbox_id,
-                                                          OutboxItem.status.in_(("failed", "pending")))  # type: ignore[attr-defined]
-                                 .values(status="pending", next_attempt_at=utcnow(), created_at=utcnow(),
-                                         claimed_by=None))
-        return result.rowcount == 1  # type: ignore[attr-defined]
+        item = session.get(OutboxItem, outbox_id)
+        if item is None or item.status not in ("failed", "pending"):
+            return False
+        results = json.loads(item.recipient_results or "{}")
+        item.recipient_results = json.dumps({address: result for address, result in results.items()
+                                             if result.get("state") == "delivered"})
+        item.status, item.next_attempt_at, item.created_at, item.claimed_by = "pending", utcnow(), utcnow(), None
+        session.add(item)
+        return True
 
 
 def send_test_mail(settings: Settings, sender: str, subject: str, body: str) -> str:

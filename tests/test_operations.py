@@ -1,0 +1,85 @@
+"""The admin's operations commands: `maildesk check`, `outbox retry`, `inbox retry --all`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.desk import Desk, standard_people
+from tests.servers import free_port
+
+pytestmark = pytest.mark.servers
+
+
+def servers_env(dovecot, smtp_sink, **changes: str) -> dict[str, str]:
+    env = {"IMAP_HOST": "127.0.0.1", "IMAP_PORT": str(dovecot.port), "IMAP_USER": dovecot.user,
+           "IMAP_PASSWORD": dovecot.password, "IMAP_SSL": "false", "SMTP_HOST": "127.0.0.1",
+           "SMTP_PORT": str(smtp_sink.port)}
+    env.update(changes)
+    return {f"MAILDESK_{key}": value for key, value in env.items()}
+
+
+def check(tmp_path: Path, env: dict[str, str], expect: int) -> str:
+    desk = Desk(tmp_path)
+    desk.env.update(env)
+    return desk.run("check", expect=expect)
+
+
+def test_check_passes_when_everything_answers(tmp_path: Path, dovecot, smtp_sink) -> None:
+    output = check(tmp_path, servers_env(dovecot, smtp_sink), 0)
+    assert [line.split()[0] for line in output.splitlines()] == ["ok", "ok", "ok"]
+
+
+def test_check_names_a_wrong_imap_password_without_showing_it(tmp_path: Path, dovecot, smtp_sink) -> None:
+    output = check(tmp_path, servers_env(dovecot, smtp_sink, IMAP_PASSWORD="wrong-Pa55word"), 1)
+    assert "FAIL IMAP" in output and "login failed" in output and dovecot.user in output
+    assert "wrong-Pa55word" not in output
+
+
+def test_check_names_an_unreachable_smtp_host(tmp_path: Path, dovecot, smtp_sink) -> None:
+    port = free_port()
+    output = check(tmp_path, servers_env(dovecot, smtp_sink, SMTP_PORT=str(port)), 1)
+    assert f"FAIL SMTP 127.0.0.1:{port}" in output
+    assert output.startswith("ok   database")
+
+
+def test_check_names_a_bad_database_url(tmp_path: Path, dovecot, smtp_sink) -> None:
+    port = free_port()
+    env = servers_env(dovecot, smtp_sink, DATABASE_URL=f"postgresql+psycopg://maildesk:s3cret@127.0.0.1:{port}/x")
+    output = check(tmp_path, env, 1)
+    assert output.startswith("FAIL database postgresql+psycopg://maildesk:***@127.0.0.1")
+    assert "s3cret" not in output
+
+
+def test_check_refuses_a_wrong_setting_by_name(tmp_path: Path) -> None:
+    desk = Desk(tmp_path)
+    desk.env["MAILDESK_SMTP_PORT"] = "smtp"
+    assert "MAILDESK_SMTP_PORT" in desk.run("check", expect=78)
+
+
+def test_a_failed_outbox_mail_is_sent_again_on_retry(tmp_path: Path, smtp_sink) -> None:
+    desk = Desk(tmp_path, smtp_host="127.0.0.1", smtp_port=str(smtp_sink.port))
+    standard_people(desk)
+    desk.mail("anna@acme.example", "Printer", "Broken")
+    smtp_sink.refuse_recipients({"anna@acme.example": 550})
+    desk.run("outbox", "send")
+    (failed,) = [row for row in desk.outbox() if row["status"] == "failed"]
+    assert failed["to"] == ["anna@acme.example"] and "550" in failed["last_error"]
+    smtp_sink.refuse_recipients({})
+    desk.run("outbox", "retry", str(failed["id"]))
+    desk.run("outbox", "send")
+    assert {row["status"] for row in desk.outbox()} == {"sent"}
+    assert any("anna@acme.example" in message.recipients for message in smtp_sink.messages)
+
+
+def test_inbox_retry_all_reprocesses_held_mail(tmp_path: Path) -> None:
+    desk = Desk(tmp_path)
+    standard_people(desk)
+    desk.mail("new1@acme.example", "One", "x")
+    desk.mail("new2@acme.example", "Two", "y")
+    for address in ("new1@acme.example", "new2@acme.example"):
+        desk.run("user", "add", address, "--name", "New", "--org", "ACME")
+    output = desk.run("inbox", "retry", "--all")
+    assert output.count("processed SD-") == 2
+    assert desk.json("inbox", "list", "--state", "held") == []
