@@ -324,7 +324,7 @@ def run(ctx: typer.Context) -> None:
     for line in daemon.describe():
         typer.echo(f"  {line}")
     if not settings.imap_configured:
-        typer.echo(f"  send a test mail from another terminal: .venv/bin/maildesk send-test --from demo@example.com")
+        typer.echo("  send a test mail from another terminal: .venv/bin/maildesk send-test --from demo@example.com")
     typer.echo("  stop with Ctrl-C")
     daemon.install_signal_handlers()
     daemon.run()

@@ -28,8 +28,9 @@ from maildesk.core.workflow import (
 from maildesk.models import Attachment, ConsumedToken, InboxItem, Message, OutboxItem, Ticket, User
 from maildesk.notify import NEVER_MAIL, Notifier, Recipient, Thread
 from maildesk.verify import Sender
+from maildesk.states import actor_of, state_of
 from maildesk.tickets import (
-    NewTicketData, actor_of, add_customer, apply_decision, create_ticket, notices_for_new_ticket, refuse, state_of,
+    NewTicketData, add_customer, apply_decision, create_ticket, notices_for_new_ticket, refuse,
 )
 
 REPLY_PREFIX = re.compile(r"^\s*((re|fw|fwd|aw|wg|sv|vs|atb|pārs|pars)\s*(\[\d+\])?\s*:\s*)+", re.IGNORECASE)
@@ -161,7 +162,7 @@ class MailHandler:
         never a command, never a new ticket, never a reopen or a clock change (RFC 3834)."""
         reason = f"{classification.kind}: {classification.reason}"
         if ticket is not None and user is not None:
-            message = self.save_message(mail, item, ticket, session=session, now=now, internal=True)
+            self.save_message(mail, item, ticket, session=session, now=now, internal=True)
             store.add_event(session=session, ticket_id=ticket.id, at=now, actor=user.address,
                             command=classification.kind.upper().replace("_", " "), from_status=ticket.status,
                             to_status=ticket.status, outcome="ignored", reason=reason)

@@ -26,6 +26,7 @@ from maildesk.core.tokens import make_token, message_id_with_token, reply_addres
 from maildesk.core.workflow import Audience
 from maildesk.models import Message, Organisation, OutboxItem, Ticket, User
 from maildesk.render import Renderer
+from maildesk.states import possible_for
 
 UNSAFE_HEADER_CHARACTERS = re.compile("[\r\n\x00\u2028\u2029]+")
 MAX_HEADER_TEXT = 200
@@ -169,8 +170,15 @@ class Notifier:
             "actor": {"address": actor, "name": actor_user.name if actor_user else ""},
             "support_address": self.settings.support_address,
             "reply_address": self.settings.support_address,
-            "possible_commands": [],
+            "possible_commands": self.possible(ticket, recipient, session=session),
         }
+
+    def possible(self, ticket: Ticket | None, recipient: Recipient, *, session: Session) -> list[str]:
+        """What the recipient could reply with now, so every mail says it."""
+        user = store.find_user(recipient.address, session=session) if ticket is not None else None
+        if ticket is None or user is None:
+            return []
+        return possible_for(ticket, user, session=session, now=ticket.updated_at, reopen_days=self.settings.reopen_days)
 
 
 def ticket_context(ticket: Ticket, *, session: Session) -> dict[str, Any]:

@@ -8,18 +8,15 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from sqlalchemy import select
 from sqlmodel import Session
 
 from maildesk import deadlines, store
 from maildesk.config import Settings
-from maildesk.core.workflow import (
-    ADD_NEW_USERS, DEFAULT_TYPE, Actor, Audience, Command, Decision, Holder, Rejected, Role, Status,
-    TicketState, possible_commands,
-)
-from maildesk.models import Event, Organisation, Ticket, User
+from maildesk.core.workflow import Audience, Command, Decision, DEFAULT_TYPE, Holder, Rejected, Role, Status
+from maildesk.models import Event, Ticket, User
 from maildesk.notify import Notifier, Thread, new_message_id
 
 CREATED = "CREATE"
@@ -33,25 +30,6 @@ class NewTicketData:
     type: str | None
     channel: str
     thread_id: str
-
-
-def actor_of(user: User, *, session: Session) -> Actor:
-    organisation = None
-    if user.organisation_id is not None:
-        row = session.get(Organisation, user.organisation_id)
-        organisation = row.name if row else None
-    role = Role(user.role) if user.role in {role.value for role in Role} else Role.CUSTOMER
-    return Actor(address=user.address, role=role, organisation=organisation, responsible=user.responsible)
-
-
-def state_of(ticket: Ticket, *, session: Session) -> TicketState:
-    organisation = None
-    if ticket.organisation_id is not None:
-        row = session.get(Organisation, ticket.organisation_id)
-        organisation = row.name if row else None
-    return TicketState(key=ticket.key, status=Status(ticket.status), reporter=ticket.reporter,
-                       organisation=organisation, agent=ticket.agent, type=ticket.type,
-                       status_changed_at=ticket.status_changed_at)
 
 
 def create_ticket(data: NewTicketData, *, session: Session, settings: Settings, now: datetime,
@@ -126,11 +104,6 @@ def refuse(ticket: Ticket | None, rejected: Rejected, *, session: Session, notif
     }
     notifier.queue("command_refused", notifier.recipient_for(sender, session=session), ticket=ticket,
                    session=session, actor="", now=now, thread=thread, extra=extra)
-
-
-def possible_for(ticket: Ticket, user: User, *, session: Session, now: datetime, reopen_days: int) -> list[str]:
-    return list(possible_commands(state_of(ticket, session=session), actor_of(user, session=session), now,
-                                  timedelta(days=reopen_days)))
 
 
 def add_customer(address: str, name: str, organisation_id: int | None, *, session: Session,

@@ -43,7 +43,8 @@ from maildesk.deadlines import (
 from maildesk.models import Ticket
 from maildesk.notify import Notifier, Thread
 from maildesk.sla import level_for
-from maildesk.tickets import apply_decision, state_of
+from maildesk.states import state_of
+from maildesk.tickets import apply_decision
 
 log = logging.getLogger("maildesk.timers")
 AUTO_ACCEPTED = "auto-accepted"
