@@ -195,3 +195,11 @@ def test_every_notification_threads_and_replies_to_a_token_address_of_the_desk(p
         assert row["message_id"].endswith("@desk.example>") and row["in_reply_to"]
         assert f"[{key}]" in row["subject"]
     assert len({row["message_id"] for row in people.outbox()}) == len(people.outbox())
+
+
+def test_type_and_assign_by_mail_change_the_ticket_but_not_its_status(people: Desk) -> None:
+    key = open_ticket(people)
+    reply(people, AGENT, key, "TYPE Incident\nASSIGN second@desk.example")
+    ticket = people.ticket(key)
+    assert (ticket["type"], ticket["assignee"], ticket["status"]) == ("Incident", "second@desk.example", "OPEN")
+    assert [event["command"] for event in ticket["events"]][-2:] == ["TYPE Incident", "ASSIGN second@desk.example"]

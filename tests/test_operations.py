@@ -83,3 +83,24 @@ def test_inbox_retry_all_reprocesses_held_mail(tmp_path: Path) -> None:
     output = desk.run("inbox", "retry", "--all")
     assert output.count("processed SD-") == 2
     assert desk.json("inbox", "list", "--state", "held") == []
+
+
+def test_poll_once_fetches_and_processes_what_is_there(tmp_path: Path, dovecot, smtp_sink) -> None:
+    from tests.mailbuilder import make_mail
+    dovecot.reset()
+    desk = Desk(tmp_path)
+    desk.env.update(servers_env(dovecot, smtp_sink))
+    standard_people(desk)
+    for n in range(3):
+        dovecot.append("INBOX", make_mail("anna@acme.example", f"Request {n}", "Body", to="support@desk.example"))
+    output = desk.run("poll", "--once")
+    assert "fetched 3, new 3, processed 3" in output and "moved 3" in output
+    assert len(desk.json("ticket", "list")) == 3 and dovecot.count("Processed") == 3
+    assert "fetched 0" in desk.run("poll", "--once")
+
+
+def test_poll_once_reports_an_unreachable_server_in_one_line(tmp_path: Path, dovecot, smtp_sink) -> None:
+    desk = Desk(tmp_path)
+    desk.env.update(servers_env(dovecot, smtp_sink, IMAP_PORT=str(free_port())))
+    output = desk.run("poll", "--once", expect=1)
+    assert output.startswith("maildesk: ") and "Traceback" not in output
