@@ -109,7 +109,8 @@ class InboxItem(SQLModel, table=True):
     """A raw incoming mail, saved before anything else happens, and how far it got."""
 
     __tablename__ = "inbox"
-    __table_args__ = (Index("ix_inbox_state_id", "state", "id"),)
+    __table_args__ = (Index("ix_inbox_state_id", "state", "id"),
+                      Index("ix_inbox_sender_received", "sender", "received_at"))  # the circuit breaker's count
 
     id: int | None = Field(default=None, primary_key=True)
     received_at: datetime = _when()  # type: ignore[assignment]
@@ -183,7 +184,8 @@ class OutboxItem(SQLModel, table=True):
     """A rendered mail waiting to be sent; written in the transaction of its cause."""
 
     __tablename__ = "outbox"
-    __table_args__ = (Index("ix_outbox_status_due", "status", "next_attempt_at"),)
+    __table_args__ = (Index("ix_outbox_status_due", "status", "next_attempt_at"),
+                      Index("ix_outbox_to_template_created", "to_addresses", "template", "created_at"))  # rate limits
 
     id: int | None = Field(default=None, primary_key=True)
     ticket_id: int | None = Field(default=None, foreign_key="tickets.id", index=True)
