@@ -25,7 +25,7 @@ from email.header import decode_header
 from email.message import Message
 from email.utils import getaddresses
 from html.parser import HTMLParser
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import mailparser
 
@@ -56,6 +56,13 @@ _ADDRESS_HEADERS: Final = ("from", "to", "cc")
 # 10,000 parts cost seconds and memory for a mail no person writes. Real mail nests < 10 deep.
 MAX_MIME_DEPTH: Final = 50
 MAX_MIME_PARTS: Final = 1000
+# A References header names every mail of a thread; routing needs the root and the newest few
+# (RFC 5322 3.6.4), and each one kept costs a database lookup and a word in our own replies.
+MAX_REFERENCES: Final = 50
+# The stdlib's decode_header is quadratic in the number of encoded-words (list.pop(0)): 20,000
+# in one Subject cost 3 s, 40,000 cost 12 s; 5,000 cost 0.2 s. Real subjects have a few dozen
+# (flanker's long-header fixture, 3,302).
+MAX_ENCODED_WORDS: Final = 5000
 _HEADER_END: Final = re.compile(rb"\r?\n\r?\n")
 _EMPTY_HEADER: Final = re.compile(rb"\r?\n")
 _CONTENT_TYPE: Final = re.compile(rb"^content-type[ \t]*:((?:[^\r\n]|\r?\n[ \t])*)", re.IGNORECASE | re.MULTILINE)
@@ -89,15 +96,23 @@ def _refuse_non_mail(raw: bytes) -> None:
         raise ParseError("not an RFC 5322 message: the first line is no header field")
     if b"\x00" in _BLANK_LINE.split(raw[:_HEADER_SCAN], maxsplit=1)[0]:
         raise ParseError("not an RFC 5322 message: NUL bytes in the header")
-    depth, parts = mime_shape(raw)
-    if depth > MAX_MIME_DEPTH:
+    shape = mime_shape(raw)
+    if shape.depth > MAX_MIME_DEPTH:
         raise ParseError(f"MIME parts nested more than {MAX_MIME_DEPTH} deep")
-    if parts > MAX_MIME_PARTS:
+    if shape.parts > MAX_MIME_PARTS:
         raise ParseError(f"more than {MAX_MIME_PARTS} MIME parts")
+    if shape.encoded_words > MAX_ENCODED_WORDS:
+        raise ParseError(f"more than {MAX_ENCODED_WORDS} RFC 2047 encoded-words in the headers")
 
 
-def mime_shape(raw: bytes) -> tuple[int, int]:
-    """(nesting depth, number of parts) of a message, read from its raw bytes without a tree.
+class Shape(NamedTuple):
+    depth: int
+    parts: int
+    encoded_words: int  # "=?" in header blocks: an upper bound of the RFC 2047 encoded-words
+
+
+def mime_shape(raw: bytes) -> Shape:
+    """Nesting depth, number of parts and encoded-words of a message, from its raw bytes without a tree.
 
     A line scan: header blocks name their Content-Type; a multipart pushes its boundary, a
     message/rfc822 part pushes a level whose header block follows at once; a delimiter line
@@ -108,7 +123,7 @@ def mime_shape(raw: bytes) -> tuple[int, int]:
     """
     stack: list[bytes | None] = []  # open levels: a multipart's boundary, None for message/*
     delimiters: dict[frozenset[bytes], re.Pattern[bytes]] = {}
-    depth = parts = 0
+    depth = parts = words = 0
     position = 0
     in_headers = True
     while position <= len(raw):
@@ -116,6 +131,9 @@ def mime_shape(raw: bytes) -> tuple[int, int]:
             end = _EMPTY_HEADER.match(raw, position) or _HEADER_END.search(raw, position)
             block = raw[position:end.start() if end else len(raw)]
             position = end.end() if end else len(raw) + 1
+            words += block.count(b"=?")
+            if words > MAX_ENCODED_WORDS:
+                return Shape(depth, parts, words)
             kind, boundary = _container(block)
             in_headers = False
             if kind == b"multipart" and boundary:
@@ -127,7 +145,7 @@ def mime_shape(raw: bytes) -> tuple[int, int]:
                 continue
             depth = max(depth, len(stack))
             if depth > MAX_MIME_DEPTH:
-                return depth, parts
+                return Shape(depth, parts, words)
             continue
         boundaries = frozenset(boundary for boundary in stack if boundary is not None)
         if not boundaries:
@@ -145,9 +163,9 @@ def mime_shape(raw: bytes) -> tuple[int, int]:
         if not closing:
             parts += 1
             if parts > MAX_MIME_PARTS:
-                return depth, parts
+                return Shape(depth, parts, words)
             in_headers = True
-    return depth, parts
+    return Shape(depth, parts, words)
 
 
 def _container(block: bytes) -> tuple[bytes, bytes]:
@@ -187,7 +205,7 @@ def _inbound(parsed: Any) -> InboundMail:
         to=_bare(addresses["to"]),
         cc=_bare(addresses["cc"]),
         in_reply_to=_first_id(_first(headers, "in-reply-to")),
-        references=_ids(" ".join(_all(headers, "references"))),
+        references=_references(" ".join(_all(headers, "references")), defects),
         date=_date(parsed, headers, defects),
         text=text,
         new_text=new_text(text),
@@ -304,6 +322,15 @@ def _ids(value: str) -> tuple[str, ...]:
     """Message-IDs of a References header; some clients separate them with commas, not spaces."""
     found = ["".join(match.split()) for match in _ANGLE_ID.findall(value)]
     return tuple(found) if found else tuple(value.split())
+
+
+def _references(value: str, defects: list[str]) -> tuple[str, ...]:
+    """The References, trimmed to the thread's root and the newest ones when there are too many."""
+    found = _ids(value)
+    if len(found) <= MAX_REFERENCES:
+        return found
+    defects.append(f"{len(found)} References; the first and the last {MAX_REFERENCES - 1} kept")
+    return (found[0], *found[-(MAX_REFERENCES - 1):])
 
 
 # Addresses and date -------------------------------------------------------------------------

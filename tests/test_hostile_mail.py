@@ -289,3 +289,126 @@ def test_hostile_attachment_names_are_data_and_files_stay_inside_the_data_direct
     assert all(path.resolve().is_relative_to((desk.directory / "var").resolve()) or path.suffix == ".env"
                for path in written)
     assert not any(path.name in ("passwd", "shadow", "evil.sh", "win.ini") for path in tmp_path.parent.rglob("*"))
+
+
+# E2: adversarial structures, each measured in a process of its own -----------------------------
+
+HEAD = (b"From: Anna <anna@acme.example>\r\nTo: support@desk.example\r\nDate: Thu, 26 Nov 2026 10:00:00 +0000\r\n"
+        b"Authentication-Results: mx.desk.example; dmarc=pass header.from=acme.example\r\n")
+
+
+def nested_multipart(levels: int) -> bytes:
+    opening = b"".join(b'Content-Type: multipart/mixed; boundary="b%d"\r\n\r\n--b%d\r\n' % (n, n)
+                       for n in range(levels))
+    closing = b"".join(b"\r\n--b%d--" % n for n in reversed(range(levels)))
+    return HEAD + b"Subject: nested multipart\r\n" + opening + b"Content-Type: text/plain\r\n\r\nhi" + closing + b"\r\n"
+
+
+def nested_messages(levels: int) -> bytes:
+    inner = b"".join(b"Content-Type: message/rfc822\r\n\r\nFrom: x%d@acme.example\r\nSubject: %d\r\n" % (n, n)
+                     for n in range(levels))
+    return HEAD + b"Subject: nested messages\r\n" + inner + b"Content-Type: text/plain\r\n\r\nhi\r\n"
+
+
+def many_parts(count: int) -> bytes:
+    parts = b"".join(b"--p\r\nContent-Type: text/plain\r\n\r\npart %d\r\n" % n for n in range(count))
+    return HEAD + b'Subject: many parts\r\nContent-Type: multipart/mixed; boundary="p"\r\n\r\n' + parts + b"--p--\r\n"
+
+
+ADVERSARIAL: dict[str, tuple[bytes, str]] = {  # name -> (mail, expected state or "" for either)
+    "2,000 nested multiparts": (nested_multipart(2000), "quarantined"),
+    "2,000 nested message/rfc822": (nested_messages(2000), "quarantined"),
+    "10,000 parts": (many_parts(10_000), "quarantined"),
+    "1 MB header line": (HEAD + b"Subject: long\r\nX-Long: " + b"a" * 1_000_000 + b"\r\n\r\nbody\r\n", "processed"),
+    "1 MB subject": (HEAD + b"Subject: " + b"word " * 200_000 + b"\r\n\r\nbody\r\n", "processed"),
+    "20,000 semicolons": (HEAD + b"Subject: semicolons\r\nContent-Type: text/plain" + b";" * 20_000
+                          + b"\r\n\r\nbody\r\n", "processed"),
+    "20,000 encoded-words": (HEAD + b"Subject: " + b" ".join([b"=?utf-8?q?a=C4=81?="] * 20_000) + b"\r\n\r\nbody\r\n",
+                             "quarantined"),
+    "bad-charset encoded-words": (HEAD + b"Subject: =?x-unknown?q?abc?= =?utf-8?b?!!!?= =?utf-8?q?=FF=FE?= "
+                                  b"=?utf-7?b?K0FHRS0=?= =?iso-2022-jp?b?GyRCJCIbKEI=?=\r\n\r\nbody\r\n", "processed"),
+    "no boundary lines": (HEAD + b'Subject: no boundaries\r\nContent-Type: multipart/mixed; boundary="gone"\r\n\r\n'
+                          b"text without any boundary\r\n", "processed"),
+    "no final boundary": (HEAD + b'Subject: no final\r\nContent-Type: multipart/mixed; boundary="b"\r\n\r\n'
+                          b"--b\r\nContent-Type: text/plain\r\n\r\nfirst\r\n--b\r\nContent-Type: text/plain\r\n\r\n"
+                          b"second, and the end never comes", "processed"),
+    "NUL bytes in the body": (HEAD + b"Subject: nul\r\n\r\nbe\x00fore\x00\x00after\r\n", "processed"),
+    "NUL bytes in a header": (HEAD + b"Subject: nul\x00here\r\n\r\nbody\r\n", "quarantined"),
+    "8-bit garbage headers": (HEAD.replace(b"Anna", b"An\xff\xfe\x80na") + b"Subject: \xc0\xc1\xf5\xff\x80 bytes\r\n"
+                              b"X-Junk: \x81\x82\x83\r\n\r\nbody\r\n", "processed"),
+    "Outlook [..] Message-ID": (HEAD + b"Subject: outlook\r\nMessage-ID: [12345.6789@outlook.example]\r\n"
+                                b"References: <a@b> [c@d]\r\n\r\nbody\r\n", "processed"),
+    "5,000 nested comments": (HEAD.replace(b"From: Anna <anna@acme.example>",
+                                           b"From: anna@acme.example " + b"(" * 5000 + b")" * 5000)
+                              + b"Subject: comments\r\n\r\nbody\r\n", ""),
+    "10,000 references": (HEAD + b"Subject: refs\r\nReferences: " + b" ".join(b"<r%d@x.example>" % n
+                                                                               for n in range(10_000))
+                          + b"\r\n\r\nbody\r\n", "processed"),
+    "20,000 recipients": (HEAD.replace(b"To: support@desk.example", b"To: support@desk.example, " + b", ".join(
+        b"u%d@x.example" % n for n in range(20_000))) + b"Subject: recipients\r\n\r\nbody\r\n", "processed"),
+}
+
+MEASURE = textwrap.dedent("""
+    import json, os, resource, sys, time
+    from pathlib import Path
+    from maildesk import store
+    from maildesk.config import load_settings
+    from maildesk.process import Pipeline
+
+    def peak_mb():
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    settings = load_settings(Path(sys.argv[1]), environ=os.environ)
+    pipeline = Pipeline(settings, store.make_engine(settings.database_url))
+    pipeline.ingest(Path(sys.argv[2]).read_bytes(), "pipe")  # templates compiled, caches warm
+    for path in sys.argv[3:]:
+        raw = Path(path).read_bytes()
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS for this mail
+        except OSError:
+            pass
+        started = time.perf_counter()
+        outcome = pipeline.ingest(raw, "pipe")
+        seconds = time.perf_counter() - started
+        print(json.dumps({"case": Path(path).stem, "seconds": seconds, "peak_mb": peak_mb(),
+                          "state": outcome.state, "reason": outcome.reason}), flush=True)
+""")
+
+
+def test_adversarial_structures_are_each_handled_in_five_seconds_under_300_mb(desk: FastDesk, tmp_path: Path) -> None:
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    paths = []
+    for n, (name, (raw, _)) in enumerate(ADVERSARIAL.items()):
+        paths.append(cases / f"{n:02d}.eml")
+        paths[-1].write_bytes(raw.replace(b"\r\nTo:", b"\r\nMessage-ID: <e2-%d@acme.example>\r\nTo:" % n, 1)
+                              if b"Message-ID" not in raw else raw)
+    warm_up = cases / "warm-up.eml"
+    warm_up.write_bytes(make_mail(PETER, "Warm up", "Hello.", to="support@desk.example"))
+    (tmp_path / "empty.env").write_text("")
+    result = subprocess.run([sys.executable, "-c", MEASURE, str(tmp_path / "empty.env"), str(warm_up),
+                             *map(str, paths)], env={**os.environ, **desk.env}, cwd=REPO, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    measured = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(measured) == len(ADVERSARIAL)
+    for (name, (_, expected)), figures in zip(ADVERSARIAL.items(), measured):
+        print(f"E2 {name}: {figures['seconds']:.2f} s, peak {figures['peak_mb']:.0f} MB, {figures['state']}: "
+              f"{figures['reason'][:80]}")
+        assert figures["seconds"] <= 5 and figures["peak_mb"] < 300, (name, figures)
+        assert figures["state"] in ("processed", "held", "quarantined"), (name, figures)
+        assert figures["state"] == expected or not expected, (name, figures)
+        assert figures["reason"], name
+
+
+def test_a_reply_with_hundreds_of_references_still_threads_by_the_newest(desk: FastDesk) -> None:
+    desk.mail(ANNA, "Printer", "Broken.")
+    acknowledgement = desk.mails_to(ANNA, "ticket_created")[0]
+    references = " ".join(f"<old-{n}@client.example>" for n in range(300)) + " " + acknowledgement["message_id"]
+    raw = make_mail(ANNA, "About my printer", "It works again.", to="support@desk.example", references=references,
+                    headers=ANNA_AR)
+    assert desk.ingest(raw).startswith("processed SD-1")
+    assert len(desk.rows(Ticket)) == 1
