@@ -10,12 +10,17 @@ from datetime import datetime, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import threading
+
 import pytest
 
 from maildesk import store
 from maildesk.config import load_settings
+from maildesk.notify import Notifier
 from maildesk.process import Outcome, Pipeline
-from tests.desk import TRUSTED_MTA, Desk
+from maildesk.render import Renderer, default_templates_dir
+from maildesk.timers import sweep
+from tests.desk import TRUSTED_MTA, Desk, standard_people
 from tests.mailbuilder import make_mail
 
 RIGA = ZoneInfo("Europe/Riga")
@@ -295,3 +300,35 @@ def test_the_reports_match_a_hand_computed_month(clocked: Clocked) -> None:
     assert [(row["key"], row["reached"], row["estimate"], row["at"]) for row in group["tickets"]] == [
         (one, "INVOICE", "45m", "2026-11-04"), (two, "auto-accepted", "3h", "2026-11-12")]
     assert desk.json("report", "invoice", "--from", "2026-11-05", "--to", "2026-11-11")["organisations"] == []
+
+
+def test_two_daemons_sweeping_one_postgresql_at_once_close_and_tell_each_ticket_once(
+        tmp_path, pg_url: str) -> None:
+    """Two sweepers (separate engines, as two daemons have) race over 20 overdue tickets."""
+    desk = Desk(tmp_path, database_url=pg_url)
+    standard_people(desk)
+    clocked = Clocked(desk)
+    keys = []
+    for n in range(20):
+        key = clocked.open(riga(11, 2, 9), ANNA, f"Task {n}")
+        clocked.reply(riga(11, 2, 9, 30), AGENT, key, "START")
+        clocked.reply(riga(11, 2, 10), AGENT, key, "RESOLVE")
+        keys.append(key)
+    moment = riga(11, 20, 12).astimezone(timezone.utc)
+    reports = []
+
+    def daemon() -> None:
+        engine = store.make_engine(pg_url)
+        notifier = Notifier(clocked.settings, Renderer(default_templates_dir()))
+        reports.append(sweep(engine, clocked.settings, notifier, now=moment))
+        engine.dispose()
+
+    threads = [threading.Thread(target=daemon) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert sum(report.closed for report in reports) == 20 and all(report.failed == 0 for report in reports)
+    for key in keys:
+        assert desk.ticket(key)["status"] == "CLOSED"
+        assert templates_to(desk, ANNA, "auto_closed", key) == 1
