@@ -5,6 +5,7 @@ loop, and nothing from a mail becomes a header, a template, a path or an unpacke
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import os
@@ -21,6 +22,7 @@ from datetime import datetime, timezone
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from email.policy import SMTP
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ from maildesk.models import Attachment, InboxItem, OutboxItem, Ticket
 from maildesk.outbox import build_message
 from maildesk.process import MAX_ATTEMPTS
 from tests.daemon_harness import DaemonProcess, wait_until
+from tests.desk import standard_people
 from tests.mailbuilder import make_mail
 from tests.security_desk import FastDesk, desk, prepared_var  # noqa: F401 (fixtures)
 from tests.test_flows import AGENT, ANNA, BOSS, PETER
@@ -412,3 +415,187 @@ def test_a_reply_with_hundreds_of_references_still_threads_by_the_newest(desk: F
                     headers=ANNA_AR)
     assert desk.ingest(raw).startswith("processed SD-1")
     assert len(desk.rows(Ticket)) == 1
+
+
+# E1 and E3: the public corpus, its mutants and a 60 MB mail through the daemon -----------------
+
+
+def corpus_files() -> list[Path]:
+    corpus = shared_dir() / "corpus" / "public"
+    return sorted(path for path in corpus.rglob("*") if path.is_file() and not path.name.endswith(".gitattributes"))
+
+
+def own_mails() -> list[bytes]:
+    """Mail from known customers (so the ticket path meets the mutants too): attachments, HTML."""
+    mails = []
+    for n in range(10):
+        message = EmailMessage(policy=SMTP)
+        message["From"], message["To"] = f"Anna Bērziņa <{ANNA}>", "support@desk.example"
+        message["Subject"] = f"Pārskats {n}: printeris nedrukā"
+        message["Message-ID"] = f"<own-{n}@acme.example>"
+        message["Authentication-Results"] = ANNA_AR["Authentication-Results"]
+        message.set_content(f"Labdien!\n\nPrinteris {n} nedrukā.\n")
+        message.add_alternative(f"<p>Labdien!</p><p>Printeris <b>{n}</b> nedrukā.</p>", subtype="html")
+        message.add_attachment(bytes(range(256)) * 20, maintype="application", subtype="pdf", filename=f"log{n}.pdf")
+        mails.append(message.as_bytes())
+    return mails
+
+
+def mutants(sources: list[bytes], count: int, seed: int = 20261126) -> list[bytes]:
+    """`count` broken variants of `sources`, the same every run: each applies one mutation."""
+    rng = random.Random(seed)
+
+    def head_and_body(raw: bytes) -> tuple[bytes, bytes]:
+        head, _, body = raw.partition(b"\r\n\r\n") if b"\r\n\r\n" in raw else raw.partition(b"\n\n")
+        return head, body
+
+    def truncate(raw: bytes) -> bytes:
+        return raw[:rng.randrange(1, max(2, len(raw)))]
+
+    def flip_bytes(raw: bytes) -> bytes:
+        data = bytearray(raw)
+        for _ in range(rng.randrange(1, 50)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        return bytes(data)
+
+    def drop_boundaries(raw: bytes) -> bytes:
+        return re.sub(rb"(?m)^--[^\r\n]*\r?\n", b"", raw)
+
+    def duplicate_headers(raw: bytes) -> bytes:
+        head, body = head_and_body(raw)
+        return head + b"\r\n" + head + b"\r\n\r\n" + body
+
+    def garbage_in_headers(raw: bytes) -> bytes:
+        head, body = head_and_body(raw)
+        lines = head.split(b"\n")
+        for _ in range(5):
+            index = rng.randrange(len(lines))
+            lines[index] += bytes(rng.randrange(128, 256) for _ in range(rng.randrange(1, 40)))
+        return b"\n".join(lines) + b"\r\n\r\n" + body
+
+    def nul_in_body(raw: bytes) -> bytes:
+        head, body = head_and_body(raw)
+        cut = rng.randrange(len(body) + 1)
+        return head + b"\r\n\r\n" + body[:cut] + b"\x00" * rng.randrange(1, 100) + body[cut:]
+
+    def bare_line_endings(raw: bytes) -> bytes:
+        return raw.replace(b"\r\n", rng.choice([b"\r", b"\n", b"\n\r"]))
+
+    def no_blank_line(raw: bytes) -> bytes:
+        head, body = head_and_body(raw)
+        return head + b"\r\n" + body
+
+    def huge_header(raw: bytes) -> bytes:
+        return b"X-Huge: " + b"x" * rng.randrange(10_000, 200_000) + b"\r\n" + raw
+
+    def drop_from(raw: bytes) -> bytes:
+        return re.sub(rb"(?im)^from:[^\r\n]*\r?\n", b"", raw)
+
+    def shuffle_lines(raw: bytes) -> bytes:
+        lines = raw.split(b"\n")
+        start = rng.randrange(len(lines))
+        block = lines[start:start + 30]
+        rng.shuffle(block)
+        return b"\n".join(lines[:start] + block + lines[start + 30:])
+
+    def bad_content_type(raw: bytes) -> bytes:
+        value = rng.choice([b"multipart/mixed", b'multipart/mixed; boundary=""', b"message/rfc822",
+                            b"text/plain; charset=x-no-such-charset", b"multipart/report; boundary=\x00",
+                            b"application/octet-stream; name=" + b"a" * 5000])
+        return re.sub(rb"(?im)^content-type:[^\r\n]*", b"Content-Type: " + value, raw, count=1)
+
+    operations = [truncate, flip_bytes, drop_boundaries, duplicate_headers, garbage_in_headers, nul_in_body,
+                  bare_line_endings, no_blank_line, huge_header, drop_from, shuffle_lines, bad_content_type]
+    return [operations[n % len(operations)](sources[rng.randrange(len(sources))]) for n in range(count)]
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory, dovecot: Any) -> Iterator[tuple[DaemonProcess, FastDesk]]:
+    """`maildesk run` polling the test Dovecot (IMAP only, outgoing mail to var/sent/), with the
+    standard people; the FastDesk beside it reads the same database."""
+    dovecot.reset()
+    directory = tmp_path_factory.mktemp("daemon")
+    desk = FastDesk(directory)
+    standard_people(desk)
+    env = {**desk.env, "MAILDESK_IMAP_HOST": "127.0.0.1", "MAILDESK_IMAP_PORT": str(dovecot.port),
+           "MAILDESK_IMAP_USER": dovecot.user, "MAILDESK_IMAP_PASSWORD": dovecot.password,
+           "MAILDESK_IMAP_SSL": "false", "MAILDESK_IMAP_POLL_SECONDS": "2"}
+    process = DaemonProcess(env, directory)
+    process.start()
+    yield process, desk
+    try:
+        assert process.stop() == 0
+    finally:
+        process.close()
+        desk.close()
+
+
+def append_all(dovecot: Any, raws: list[bytes]) -> None:
+    with dovecot.client() as imap:
+        for raw in raws:
+            imap.append("INBOX", raw)
+
+
+def daemon_memory(process: DaemonProcess, field: str) -> float:
+    assert process.process is not None
+    for line in Path(f"/proc/{process.process.pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no {field} in /proc status")
+
+
+@pytest.mark.servers
+def test_the_public_corpus_and_200_mutants_through_the_daemon_crash_nothing_and_lose_nothing(
+        daemon: tuple[DaemonProcess, FastDesk], dovecot: Any) -> None:
+    """E1: every file of ../shared/corpus/public, ten mails from customers, and 200 seeded mutants
+    of them, APPENDed to the INBOX the running daemon polls."""
+    files = corpus_files()
+    if not files:
+        pytest.skip(f"the public corpus is not at {shared_dir() / 'corpus' / 'public'} (set MAILDESK_SHARED_DIR)")
+    process, desk = daemon
+    public = [raw for raw in map(Path.read_bytes, files) if raw.strip()]  # IMAP cannot hold an empty mail
+    small = [raw for raw in public if len(raw) < 100_000] + own_mails()
+    broken = [raw for raw in mutants(small, 210) if raw.strip()][:200]
+    appended = public + own_mails() + broken
+    append_all(dovecot, appended)
+
+    wait_until(lambda: dovecot.count("INBOX") == 0, 90, interval=0.5, what="the INBOX emptied")
+    assert process.process is not None and process.process.poll() is None  # still running: 0 crashes
+    assert dovecot.count("Processed") + dovecot.count("Quarantine") == len(appended)
+    rows = desk.rows(InboxItem)
+    filed = dovecot.messages("Processed") + dovecot.messages("Quarantine")  # as the server serves them (CRLF)
+    assert {row.sha256 for row in rows} == {hashlib_sha256(raw) for raw in filed}  # each has its row, once
+    counts = states(desk)
+    assert set(counts) <= {"processed", "held", "ignored", "quarantined"}, counts
+    assert all(row.reason for row in rows if row.state in ("quarantined", "held", "ignored"))
+    quarantined_public = [row for row in rows[:len(public)] if row.state == "quarantined"]  # appended first
+    assert len(quarantined_public) <= 0.05 * len(public), [row.reason for row in quarantined_public]
+    log = process.log.read_text(errors="replace")
+    assert "Traceback" not in log and " failed" not in log.replace("failed 0", "")
+    print(f"E1: {len(appended)} appended ({len(public)} public, {len(broken)} mutants); {counts}; "
+          f"{len(quarantined_public)} public quarantined")
+
+
+def hashlib_sha256(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
+
+
+@pytest.mark.servers
+def test_a_60_mb_mail_is_never_fetched_and_leaves_the_daemons_memory_alone(
+        daemon: tuple[DaemonProcess, FastDesk], dovecot: Any) -> None:
+    """E3: MAILDESK_MAX_MESSAGE_BYTES is 40 MB by default; RFC822.SIZE is checked before BODY[]."""
+    process, desk = daemon
+    wait_until(lambda: dovecot.count("INBOX") == 0, 60, interval=0.5, what="an idle daemon")
+    quarantined = dovecot.count("Quarantine")
+    peak_before = daemon_memory(process, "VmHWM")
+    huge = make_mail(ANNA, "The whole disk image", "Attached.", to="support@desk.example",
+                     message_id="<huge@acme.example>") + b"x" * (60 * 1024 * 1024)
+    append_all(dovecot, [huge])
+    del huge
+    wait_until(lambda: dovecot.count("Quarantine") == quarantined + 1, 60, interval=0.5,
+               what="the 60 MB mail in Quarantine")
+    assert dovecot.count("INBOX") == 0
+    assert daemon_memory(process, "VmHWM") < peak_before + 50
+    (row,) = desk.rows(InboxItem, InboxItem.message_id == "<huge@acme.example>")
+    assert row.state == "quarantined" and row.raw == b"" and "exceeds MAILDESK_MAX_MESSAGE_BYTES" in row.reason
+    assert row.size > 60 * 1024 * 1024
