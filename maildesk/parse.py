@@ -50,6 +50,7 @@ _ANGLE_ID: Final = re.compile(r"<[^<>]*>")
 _FOLDING: Final = re.compile(r"\r?\n(?=[ \t])")
 _LOOSE_ADDRESS: Final = re.compile(r"[^\s<>()\[\]@,;:\"']+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 _CONTROL: Final = re.compile(r"[\r\n\x00]")
+REPLACEMENT: Final = "\ufffd"
 _ADDRESS_HEADERS: Final = ("from", "to", "cc")
 # MIME limits, checked on the raw bytes before mail-parser and the stdlib build a tree: the
 # stdlib recurses once per nesting level and builds an object per part, so 2,000 levels or
@@ -201,7 +202,7 @@ def _inbound(parsed: Any) -> InboundMail:
         message_id=_message_id(headers, defects),
         subject=_first(headers, "subject"),
         from_address=from_address,
-        from_name=from_name,
+        from_name=from_name.replace("\x00", REPLACEMENT),
         to=_bare(addresses["to"]),
         cc=_bare(addresses["cc"]),
         in_reply_to=_first_id(_first(headers, "in-reply-to")),
@@ -437,6 +438,9 @@ def _part_text(part: Message, index: int, defects: list[str]) -> str:
     declared = part.get_content_charset()
     decoded, used = _decode_bytes(data, declared)
     text = decoded.replace("\r\n", "\n")
+    if "\x00" in text:  # PostgreSQL text cannot hold NUL: the whole mail would fail to store
+        text = text.replace("\x00", REPLACEMENT)
+        defects.append(f"NUL bytes in body part {index} replaced")
     if data.isascii() or used == declared or _codec(used) == _codec(declared):
         return text
     label = f"charset {declared}" if declared else "no charset"
@@ -453,8 +457,9 @@ def _attachments(found: list[dict[str, Any]], defects: list[str]) -> tuple[Attac
             data = _base64(str(payload), defects)
         else:
             data = payload.encode("utf-8", "surrogateescape") if isinstance(payload, str) else bytes(payload)
-        result.append(Attachment(filename=str(item.get("filename") or ""),
-                                 content_type=str(item.get("mail_content_type") or "application/octet-stream"),
+        result.append(Attachment(filename=str(item.get("filename") or "").replace("\x00", REPLACEMENT),
+                                 content_type=str(item.get("mail_content_type") or "application/octet-stream")
+                                 .replace("\x00", REPLACEMENT),
                                  payload=data))
     return tuple(result)
 
