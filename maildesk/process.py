@@ -266,7 +266,7 @@ def quick_message_id(raw: bytes) -> str:
     head = raw[:65536].split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
     for line in head.splitlines():
         if line[:11].lower() == b"message-id:":
-            return line[11:].strip().decode("ascii", "replace")[:1000]
+            return line[11:].strip().decode("ascii", "replace").replace("\x00", "")[:1000]  # PostgreSQL text: no NUL
     return ""
 
 

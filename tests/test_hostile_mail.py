@@ -619,3 +619,7 @@ def test_nul_bytes_in_a_body_a_name_or_a_file_name_still_make_a_ticket_on_every_
     (row,) = people.json("inbox", "list")
     assert row["state"] == "processed", row["reason"]
     assert people.ticket("SD-1")["description"] == "The printer\ufffd prints\ufffd nothing."
+
+    people.ingest(b"From: anna@acme.example\r\nSubject: x\r\nMessage-ID: <a\x00b@x>\r\n\r\nbody\r\n")  # exit 0: stored
+    row = people.json("inbox", "list")[-1]
+    assert row["state"] == "quarantined" and "NUL bytes in the header" in row["reason"] and row["message_id"] == "<ab@x>"
