@@ -113,7 +113,7 @@ def tick(ctx: typer.Context, now: Annotated[Optional[str], typer.Option(
     """Run the timers once: auto-close, reminders, deadline warnings and breaches."""
     settings = ctx.obj.settings
     moment = utcnow() if now is None else _moment(now, settings.tz)
-    notifier = Notifier(settings, Renderer(default_templates_dir()))
+    notifier = Notifier(settings, Renderer(default_templates_dir(), settings.template_cache_dir))
     report = sweep(ctx.obj.engine(), settings, notifier, now=moment)
     typer.echo(f"timers at {moment.isoformat()}: {report}")
     if report.failed:

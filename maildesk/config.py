@@ -92,6 +92,10 @@ class Settings:
         return self.data_dir / "sent"
 
     @property
+    def template_cache_dir(self) -> Path:
+        return self.data_dir / "cache" / "templates"
+
+    @property
     def attachments_dir(self) -> Path:
         return self.data_dir / "attachments"
 

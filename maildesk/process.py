@@ -77,7 +77,7 @@ class Pipeline:
         self.engine = engine
         self.clock = clock
         self.worker = worker
-        self.notifier = Notifier(settings, renderer or Renderer(default_templates_dir()))
+        self.notifier = Notifier(settings, renderer or Renderer(default_templates_dir(), settings.template_cache_dir))
         self.handler = MailHandler(settings, self.notifier)
 
     def store_raw(self, raw: bytes, source: str) -> Stored:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from jinja2 import Environment, FileSystemBytecodeCache, FileSystemLoader, StrictUndefined
 
 LANGUAGES: tuple[str, ...] = ("lv", "en")
 TEMPLATES: tuple[str, ...] = (
@@ -95,9 +95,14 @@ def latvian_keyword(keyword: str) -> str:
     return LATVIAN_KEYWORDS.get(keyword, keyword)
 
 
-def _environment(templates_dir: Path, *, autoescape: bool) -> Environment:
+def _environment(templates_dir: Path, *, autoescape: bool, cache_dir: Path | None) -> Environment:
+    bytecode_cache = None
+    if cache_dir is not None:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        bytecode_cache = FileSystemBytecodeCache(str(cache_dir))
     environment = Environment(
         loader=FileSystemLoader(str(templates_dir)),
+        bytecode_cache=bytecode_cache,
         autoescape=autoescape,
         undefined=StrictUndefined,
         keep_trailing_newline=True,
@@ -113,10 +118,13 @@ def _environment(templates_dir: Path, *, autoescape: bool) -> Environment:
 class Renderer:
     """Renders one notification for one recipient; holds the two Jinja environments."""
 
-    def __init__(self, templates_dir: Path) -> None:
+    def __init__(self, templates_dir: Path, cache_dir: Path | None = None) -> None:
+        """`cache_dir` keeps compiled templates between processes (each `maildesk ingest` from an
+        MTA is a new process, and compiling costs more than rendering); text and HTML compile
+        the same sources differently, so each has its own folder."""
         self.templates_dir = templates_dir
-        self._text = _environment(templates_dir, autoescape=False)
-        self._html = _environment(templates_dir, autoescape=True)
+        self._text = _environment(templates_dir, autoescape=False, cache_dir=cache_dir and cache_dir / "text")
+        self._html = _environment(templates_dir, autoescape=True, cache_dir=cache_dir and cache_dir / "html")
 
     def render(self, name: str, language: str, context: Mapping[str, Any]) -> Rendered:
         """Subject, text and HTML of `name` in `language`; raises on anything unknown or missing."""

@@ -42,7 +42,7 @@ def test_due_dates_in_iso_and_latvian_form() -> None:
     ("  Accept   the estimate. ", Command.ACCEPT_ESTIMATE), ("APSTIPRINĀT NOVĒRTĒJUMU", Command.ACCEPT_ESTIMATE),
     ("apstiprinat novertejumu", Command.ACCEPT_ESTIMATE), ("ATCELT PIEPRASĪJUMU", Command.CANCEL_REQUEST),
     ("CANCEL REQUEST", Command.CANCEL_REQUEST), ("APSTIPRINĀT RISINĀJUMU", Command.ACCEPT_SOLUTION),
-    ("ACCEPT THE SOLUTION!", Command.ACCEPT_SOLUTION), ("ATVĒRT NO JAUNA", Command.REOPEN),
+    ("ACCEPT THE SOLUTION!", Command.ACCEPT_SOLUTION), ("Accept the estimate,", Command.ACCEPT_ESTIMATE), ("ATVĒRT NO JAUNA", Command.REOPEN),
     ("Reopen", Command.REOPEN), ("START", Command.START), ("RESOLVE", Command.RESOLVE),
     ("DEPLOY", Command.DEPLOY), ("CLOSE", Command.CLOSE), ("**REOPEN**", Command.REOPEN),
 ])

@@ -68,7 +68,7 @@ def normalise(line: str) -> str:
     decomposed = unicodedata.normalize("NFKD", line)
     plain = "".join(char for char in decomposed if not unicodedata.combining(char))
     plain = plain.strip().strip("*_").strip()
-    plain = re.sub(r"[.!:;]+$", "", plain)
+    plain = re.sub(r"[.!:;,]+$", "", plain)
     return " ".join(plain.upper().split())
 
 
