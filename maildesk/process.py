@@ -26,7 +26,7 @@ from maildesk import store
 from maildesk.config import Settings
 from maildesk.core.mail import InboundMail
 from maildesk.core.classify import classify
-from maildesk.core.route import NewTicket, route, subject_key, thread_ids
+from maildesk.core.route import NewTicket, Reply, Route, route, subject_key, thread_ids
 from maildesk.handle import Handled, MailHandler
 from maildesk.models import InboxItem, utcnow
 from maildesk.notify import LOOP_HEADER, Notifier
@@ -200,6 +200,7 @@ class Pipeline:
                 session.add(item)
         except Exception as error:
             log.exception("message %s failed", mail.message_id or f"inbox:{inbox_id}")
+            store.forget_cached(session=session)
             item = session.get(InboxItem, inbox_id)
             assert item is not None
             return self._mark_failed(item, f"{type(error).__name__}: {error}", attempts >= MAX_ATTEMPTS,
@@ -220,31 +221,35 @@ class Pipeline:
         now = self.clock()
         classification = classify(mail, support_address=self.settings.support_address,
                                   own_domain=self.settings.support_domain, loop_header=LOOP_HEADER)
-        sender = examine(mail, self.settings)
-        address = sender.identity.address or mail.from_address
-        key = self._ticket_key(mail, sender, session=session)
-        ticket = store.find_ticket(key, session=session) if key else None
-        user = store.find_user(address, session=session) if address else None
         if classification.kind == "own_loop":
             return Handled(State.IGNORED.value, f"own mail coming back ({classification.reason})")
+        sender = examine(mail, self.settings)
+        decision = self._route(mail, sender, session=session)
+        ticket = store.find_ticket(decision.key, session=session) if isinstance(decision, Reply) else None
+        address = sender.identity.address or mail.from_address
+        user = store.find_user(address, session=session) if address else None
         if classification.is_machine:
             return self.handler.machine_mail(mail, item, ticket, user, classification, session=session, now=now)
         if user is None or not sender.evidence.from_trusted:
             return self.handler.unknown_sender(mail, item, sender, session=session, now=now)
         if ticket is not None:
             return self.handler.reply(mail, item, ticket, user, sender, session=session, now=now)
-        decision = route(mail.subject, self.settings.ticket_prefix, None)
         new_type = decision.type if isinstance(decision, NewTicket) else None
         return self.handler.new_ticket(mail, item, user, new_type, session=session, now=now)
 
-    def _ticket_key(self, mail: InboundMail, sender: Sender, *, session: Session) -> str | None:
-        """The ticket a mail belongs to: by verified token, then subject token, then headers."""
-        if sender.evidence.claims is not None:
-            return sender.evidence.claims.ticket
-        key = subject_key(mail.subject, self.settings.ticket_prefix)
-        if key and store.find_ticket(key, session=session):
-            return key
-        return store.ticket_key_by_message_ids(thread_ids(mail.in_reply_to, mail.references), session=session)
+    def _route(self, mail: InboundMail, sender: Sender, *, session: Session) -> Route:
+        """The core's routing rule, given what only the database knows: which keys exist, and
+        which ticket the threading headers belong to (looked up only when needed)."""
+        claims = sender.evidence.claims
+        token_key = claims.ticket if claims is not None and store.find_ticket(claims.ticket, session=session) else None
+        subject = subject_key(mail.subject, self.settings.ticket_prefix)
+        subject_known = subject is not None and store.find_ticket(subject, session=session) is not None
+        header_key = None
+        if not token_key and not subject_known:
+            header_key = store.ticket_key_by_message_ids(thread_ids(mail.in_reply_to, mail.references),
+                                                         session=session)
+        return route(mail.subject, self.settings.ticket_prefix, header_key, key_by_token=token_key,
+                     exists=lambda key: subject_known and key == subject)
 
     def release_own_claims(self) -> int:
         """Rows this worker had claimed when it died go back to the queue at once."""

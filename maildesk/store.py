@@ -118,12 +118,27 @@ def forget_users(*, session: Session) -> None:
     session.info.pop("agents", None)
 
 
+def forget_cached(*, session: Session) -> None:
+    """Drop every lookup cache of the session (after a savepoint was rolled back)."""
+    forget_users(session=session)
+    session.info.pop("tickets", None)
+
+
 def find_organisation(name: str, *, session: Session) -> Organisation | None:
     return session.exec(select(Organisation).where(func.lower(Organisation.name) == name.lower())).scalars().first()  # type: ignore[call-overload]
 
 
 def find_ticket(key: str, *, session: Session) -> Ticket | None:
-    return session.exec(select(Ticket).where(Ticket.key == key.upper())).scalars().first()  # type: ignore[call-overload]
+    """The ticket with this key; found tickets are remembered for the session (routing and
+    handling look the same one up), a miss is not (a batch may create that ticket next)."""
+    found: dict[str, Ticket] = session.info.setdefault("tickets", {})
+    key = key.upper()
+    if key not in found:
+        ticket = session.exec(select(Ticket).where(Ticket.key == key)).scalars().first()  # type: ignore[call-overload]
+        if ticket is None:
+            return None
+        found[key] = ticket
+    return found[key]
 
 
 def ticket_key_by_message_ids(message_ids: Sequence[str], *, session: Session) -> str | None:

@@ -203,3 +203,9 @@ def test_type_and_assign_by_mail_change_the_ticket_but_not_its_status(people: De
     ticket = people.ticket(key)
     assert (ticket["type"], ticket["assignee"], ticket["status"]) == ("Incident", "second@desk.example", "OPEN")
     assert [event["command"] for event in ticket["events"]][-2:] == ["TYPE Incident", "ASSIGN second@desk.example"]
+
+
+def test_a_subject_key_of_no_existing_ticket_opens_a_new_one_of_the_right_type(people: Desk) -> None:
+    people.mail(BOSS, "[SD-999] Jauns Service Desk lietotājs", "liga@acme.example Līga Ozola")
+    (ticket,) = people.json("ticket", "list")
+    assert (ticket["key"], ticket["type"]) == ("SD-1", "Add New Users")

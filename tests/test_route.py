@@ -35,3 +35,10 @@ def test_new_user_requests_open_add_new_users_tickets(subject: str) -> None:
 
 def test_thread_ids_try_in_reply_to_first_then_newest_reference() -> None:
     assert thread_ids("<c@x>", ("<a@x>", "<b@x>", "<c@x>")) == ("<c@x>", "<b@x>", "<a@x>")
+
+
+def test_a_verified_reply_token_wins_and_a_subject_key_counts_only_for_an_existing_ticket() -> None:
+    assert route("Re: [SD-5] x", "SD", "SD-9", key_by_token="SD-7") == Reply("SD-7", "token")
+    assert route("Re: [SD-5] x", "SD", "SD-9", exists=lambda key: False) == Reply("SD-9", "headers")
+    assert route("[SD-999] Jauns Service Desk lietotājs", "SD", None, exists=lambda key: False) == NewTicket(
+        "Add New Users")

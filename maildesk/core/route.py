@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
 
 NEW_USER_SUBJECTS = ("jauns service desk lietotajs", "new service desk user")
@@ -22,7 +23,7 @@ class NewTicket:
 @dataclass(frozen=True)
 class Reply:
     key: str
-    by: str  # "subject" or "headers"
+    by: str  # "token", "subject" or "headers"
 
 
 @dataclass(frozen=True)
@@ -54,12 +55,16 @@ def is_new_user_request(subject: str) -> bool:
     return any(phrase in folded for phrase in NEW_USER_SUBJECTS)
 
 
-def route(subject: str, prefix: str, key_by_headers: str | None, *, from_ourselves: bool = False) -> Route:
-    """Decide the route; `key_by_headers` is the ticket key the threading headers point at."""
+def route(subject: str, prefix: str, key_by_headers: str | None, *, from_ourselves: bool = False,
+          key_by_token: str | None = None, exists: Callable[[str], bool] = lambda key: True) -> Route:
+    """Decide the route: a verified reply token first, then the subject token of a ticket that
+    `exists`, then the ticket the threading headers point at; anything else is a new ticket."""
     if from_ourselves:
         return Ignore("mail from our own address")
+    if key_by_token:
+        return Reply(key_by_token, "token")
     key = subject_key(subject, prefix)
-    if key:
+    if key and exists(key):
         return Reply(key, "subject")
     if key_by_headers:
         return Reply(key_by_headers, "headers")
