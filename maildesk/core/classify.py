@@ -191,11 +191,7 @@ def auto_submitted(mail: InboundMail, context: Context) -> str:
 
 def auto_reply_marker(mail: InboundMail, context: Context) -> str:
     """`X-Autoreply` / `X-Autorespond` (any value), as FreeScout checks."""
-    for name in AUTO_REPLY_MARKERS:
-        values = mail.header_values(name)
-        if values:
-            return _shown(name, values[0])
-    return ""
+    return _first_present(mail, AUTO_REPLY_MARKERS)
 
 
 def precedence(kinds: frozenset[str]) -> Check:
@@ -246,7 +242,12 @@ def out_of_office_subject(mail: InboundMail, context: Context) -> str:
 
 def list_headers(mail: InboundMail, context: Context) -> str:
     """RFC 2369 / RFC 2919 `List-*` fields: a mailing list or a newsletter."""
-    for name in LIST_HEADERS:
+    return _first_present(mail, LIST_HEADERS)
+
+
+def _first_present(mail: InboundMail, names: tuple[str, ...]) -> str:
+    """The first of these headers that the mail has, shown as the verdict's reason."""
+    for name in names:
         values = mail.header_values(name)
         if values:
             return _shown(name, values[0])
