@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
+import click
 import typer
 from sqlalchemy import select
 from sqlalchemy.engine import Engine, make_url
@@ -386,7 +388,6 @@ def demo_users(ctx: typer.Context) -> None:
 
 
 def _configure_logging(settings: Settings) -> None:
-    import logging
     logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -403,7 +404,6 @@ class _progress:
         if total < 20 or not sys.stderr.isatty():
             return
         if self.bar is None:
-            import click
             self.bar = click.progressbar(length=total, label="processing", file=sys.stderr).__enter__()
         self.bar.update(done - self.bar.pos)
 

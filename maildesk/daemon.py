@@ -25,6 +25,7 @@ from maildesk.models import utcnow
 from maildesk.outbox import Transport, release_stale_claims, send_due
 from maildesk.process import Pipeline
 from maildesk.sdnotify import Notifier, watchdog_interval
+from maildesk.smtp import transport_for
 from maildesk.timers import sweep
 
 log = logging.getLogger("maildesk.daemon")
@@ -43,7 +44,6 @@ class Signals:
 class Daemon:
     def __init__(self, settings: Settings, engine: Engine, *, transport: Transport | None = None,
                  clock: Callable[[], datetime] = utcnow) -> None:
-        from maildesk.smtp import transport_for
         self.settings = settings
         self.engine = engine
         self.clock = clock

@@ -15,7 +15,7 @@ from email.utils import make_msgid
 from sqlalchemy import select, text, update
 from sqlalchemy.engine import Engine, make_url
 
-from maildesk import store
+from maildesk import smtp, store
 from maildesk.config import Settings
 from maildesk.models import InboxItem, OutboxItem, utcnow
 
@@ -49,7 +49,6 @@ def check_database(settings: Settings) -> CheckResult:
 
 def check_all(settings: Settings) -> list[CheckResult]:
     """The database, then IMAP (or the LMTP port) and SMTP, each with what failed."""
-    from maildesk import smtp
     results = [check_database(settings)]
     if settings.imap_configured:
         from maildesk import imap
