@@ -171,15 +171,84 @@ def _first_reply_body(text: str) -> str:
     if not text.strip():
         return ""
     shielded, hidden = _shield_long_lines(text)
+    # The constructor only normalises the text (line ends, stripped lines); `read()` is replaced
+    # by `_first_reply`, which computes the same first reply with far fewer regex attempts.
     message = _ReplyMessage(text=shielded, languages=list(LANGUAGES), keep_hyphen_lists=True,
                             _header_regex=_PATTERNS.HEADER_REGEX,
                             _disclaimers_regex=_NO_DISCLAIMERS,
-                            _signature_regex=_PATTERNS.SIGNATURE_REGEX).read()
-    first = message.replies[0]
-    if first.headers:
+                            _signature_regex=_PATTERNS.SIGNATURE_REGEX)
+    first = _first_reply(message.text)
+    if first is None:
         return ""
-    body = _SHIELD.sub(lambda match: _unshield(match, hidden), first.body)
+    body = _SHIELD.sub(lambda match: _unshield(match, hidden), first)
     return re.sub(r"\n{3,}", "\n\n", body).strip()
+
+
+def _first_reply(text: str) -> str | None:
+    r"""The body of `EmailMessage.read().replies[0]` for a normalised text; None when that reply
+    starts with a quote header (the caller then has no new text).
+
+    The library searches its header and signature patterns at every character; both can only
+    match at a few places, so they are tried only there (`re.match` at a position gives what
+    `re.search` would find there). About six times faster; tests/test_quotes.py checks that
+    it agrees with the library on every text the tests and the public corpus have.
+    - Every header alternative starts with `^` (MULTILINE): only line starts are tried. The
+      library cuts the first reply at `text.find(header)` of the first match's first non-empty
+      group; if nothing but blanks stands before it, every reply it keeps carries a header.
+    - Every signature alternative starts with `\s*^`, `\n` or `^`: a match begins at a line
+      start or inside a run of white space that holds a line break. The signature runs from
+      there to the end: the library's pattern ends in `(.|\s)*`, which eats the rest one
+      character at a time, so `_SIGNATURE_START` is that pattern without it.
+    """
+    found = _first_match(_PATTERNS.HEADER_REGEX, text, _line_starts(text))
+    if found is not None:
+        header = next(group for group in found.groups() if group)
+        position = text.find(header)
+        if not text[:position].strip():
+            return None
+        text = text[:position]
+    body = text.strip()
+    signature = _first_match(_SIGNATURE_START, text, _signature_starts(text))
+    if signature is not None and text[signature.start():].strip():
+        body = body.replace(text[signature.start():].strip(), "")
+    return body.strip()
+
+
+def _signature_start() -> re.Pattern[str]:
+    """The library's signature pattern `((...)(.|\\s)*)` without its tail."""
+    pattern, tail = _PATTERNS.SIGNATURE_REGEX.pattern, r"(.|\s)*)"
+    if not (pattern.startswith("((") and pattern.endswith(tail)):
+        raise ImportError(f"mail-parser-reply's signature pattern changed shape: {pattern[:80]!r}...")
+    return re.compile(pattern[1:-len(tail)], _PATTERNS.SIGNATURE_REGEX.flags)
+
+
+_SIGNATURE_START: Final = _signature_start()
+_LINE_BREAK: Final = re.compile(r"\n")
+_BREAKING_SPACE: Final = re.compile(r"\n\s*")  # a literal first: the engine skips to each line break
+
+
+def _line_starts(text: str) -> list[int]:
+    return [0, *(match.end() for match in _LINE_BREAK.finditer(text))]
+
+
+def _signature_starts(text: str) -> list[int]:
+    """0 and every position in or just after a run of white space that holds a line break."""
+    starts = [0]
+    for match in _BREAKING_SPACE.finditer(text):
+        begin = match.start()
+        while begin > starts[-1] + 1 and text[begin - 1].isspace():  # rare: lines come stripped
+            begin -= 1
+        starts.extend(range(max(begin, starts[-1] + 1), match.end() + 1))
+    return starts
+
+
+def _first_match(pattern: re.Pattern[str], text: str, starts: list[int]) -> re.Match[str] | None:
+    """`pattern.search(text)` when no match can begin anywhere but at `starts` (ascending)."""
+    for start in starts:
+        found = pattern.match(text, start)
+        if found is not None:
+            return found
+    return None
 
 
 def _shield_long_lines(text: str) -> tuple[str, list[str]]:
