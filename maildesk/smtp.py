@@ -65,8 +65,8 @@ class SmtpTransport:
             self._last_used = time.monotonic()
             if self._client is not None and self._client.sock is None:
                 self._drop()  # smtplib closes by itself after a 421 (service shutting down)
-        log.info("message_id=%s relayed to %s, refused=%d of %d", message_id, self._where(), len(refused),
-                 len(recipients))
+        log.debug("message_id=%s relayed to %s, refused=%d of %d", message_id, self._where(), len(refused),
+                  len(recipients))
         return {recipient: _recipient_result(refused.get(recipient)) for recipient in recipients}
 
     def close(self) -> None:
