@@ -1,40 +1,50 @@
-"""Raw bytes -> `InboundMail`: the parse stage, and the only module that imports mail-parser.
+"""Raw bytes -> `InboundMail`: the parse stage.
 
 Flow: transport -> inbox -> **parse** -> route -> commands -> workflow -> store -> notify ->
-outbox -> SMTP. mail-parser is the front door: it reads the bytes once, and we take its
-addresses, date and attachments. For what it gets wrong for our customers we read the
-`email.message.Message` tree it already built, never parsing twice:
-- it silently drops 8-bit header bytes ("lietotājs" in raw windows-1257 became "lietotjs"),
-  so every header is decoded here from the stdlib's raw values, trying utf-8 then windows-1257
-  (iso-8859-13 agrees with windows-1257 on every Latvian letter);
-- body parts without a charset, or with a wrong one, fall back to utf-8, then windows-1257.
+outbox -> SMTP. The stdlib parses the bytes once (`BytesParser`, compat32 policy) and the mail
+is built from that tree, decoding only what the pipeline uses:
+- every header is decoded here from the stdlib's raw values, trying utf-8 then windows-1257
+  (iso-8859-13 agrees with windows-1257 on every Latvian letter): raw 8-bit bytes are common
+  from our customers ("lietotājs" in raw windows-1257);
+- body parts without a charset, or with a wrong one, fall back to utf-8, then windows-1257;
+- big base64 leaf parts (attachments) are cut out of the bytes before the stdlib sees them:
+  its feed parser splits a body into lines and joins them again (3 copies of a 25 MiB file,
+  and most of the parse time of a mail with a 200 KiB attachment). Their text stays in the
+  raw bytes (`core.mail.Base64Body`) and is decoded once, where it is stored, in chunks.
+
+mail-parser (`mailparser.parse_from_bytes`) used to be the front door. Its full `parse()` walks
+every part, re-encodes attachments to base64 and builds JSON views we never read: 1.45 ms of the
+5.1 ms per benchmark-corpus mail, on top of the stdlib's parse it runs anyway. Only its hardened
+address-list parser (`get_addresses`), its date parser and its filename decoding are still used,
+called directly on the header values: they cost microseconds. What its `parse()` did and is no
+longer done: Received-header diagnostics ("MIME: ReceivedHeaderDefect"), its own body charset
+defect ("MIME: CharsetDecodeDefect"; ours say more), recovering parts from an epilogue after a
+missing start boundary, and random names for unnamed rtf/attachment parts (they get "").
 
 Anything that cannot be understood becomes `ParseError`; the caller quarantines the message.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import codecs
-import logging
+import os
 import re
 from datetime import datetime
+from email._encoded_words import decode_b
 from email.errors import HeaderParseError
-from email.header import decode_header
+from email.header import Header, decode_header
 from email.message import Message
+from email.parser import BytesParser
+from email.policy import compat32
 from email.utils import getaddresses
 from html.parser import HTMLParser
-from typing import Any, Final, NamedTuple
+from typing import Final, NamedTuple
 
-import mailparser
+from mailparser.dates import date_diagnostics, parse_mail_date
+from mailparser.utils import decode_header_part, get_addresses, mime_header_view
 
-from maildesk.core.mail import Attachment, InboundMail
+from maildesk.core.mail import Attachment, Base64Body, InboundMail, lenient_base64
 from maildesk.quotes import new_text
-
-# mail-parser warns for every part type it has no use for (images, calendars): normal mail,
-# and it would drown the log lines that name a Message-ID. Its errors still come through.
-logging.getLogger("mailparser").setLevel(logging.ERROR)
 
 FALLBACK_CHARSETS: Final = ("utf-8", "windows-1257")
 # Charsets that decode any byte string, so a wrong label never fails: valid non-ASCII UTF-8
@@ -52,6 +62,11 @@ _LOOSE_ADDRESS: Final = re.compile(r"[^\s<>()\[\]@,;:\"']+@[A-Za-z0-9.-]+\.[A-Za
 _CONTROL: Final = re.compile(r"[\r\n\x00]")
 REPLACEMENT: Final = "\ufffd"
 _ADDRESS_HEADERS: Final = ("from", "to", "cc")
+# mail-parser's address headers: a malformed one is reported as "MIME: AddressHeaderDefect".
+_CHECKED_ADDRESS_HEADERS: Final = frozenset({"bcc", "cc", "delivered-to", "from", "reply-to", "to"})
+# A base64 leaf body at least this long is left in the raw bytes (see the module docstring).
+CUT_MIN_BYTES: Final = 16384
+_CTE: Final = re.compile(rb"^content-transfer-encoding[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE | re.MULTILINE)
 # MIME limits, checked on the raw bytes before mail-parser and the stdlib build a tree: the
 # stdlib recurses once per nesting level and builds an object per part, so 2,000 levels or
 # 10,000 parts cost seconds and memory for a mail no person writes. Real mail nests < 10 deep.
@@ -73,37 +88,43 @@ _CONTAINER: Final = re.compile(rb"^[ \t]*(multipart|message)[ \t]*/[ \t]*([a-z0-
 
 class ParseError(Exception):
     """Raised when raw bytes cannot be understood as a mail at all (no usable From, not RFC 5322,
-    or mail-parser failing on it); `str(error)` is the reason shown to the operator."""
+    or the parser failing on it); `str(error)` is the reason shown to the operator."""
 
 
 def parse_mail(raw: bytes) -> InboundMail:
     """Parse one raw message; raises only `ParseError`."""
-    _refuse_non_mail(raw)
+    cuts = _refuse_non_mail(raw)
     try:
-        return _inbound(mailparser.parse_from_bytes(raw))
+        return _inbound(raw, *_tree(raw, cuts))
     except ParseError:
         raise
-    except Exception as error:  # hostile input makes mail-parser and email raise many kinds
-        raise ParseError(f"mail-parser could not read it: {type(error).__name__}: {error}") from error
+    except Exception as error:  # hostile input makes the email package raise many kinds
+        raise ParseError(f"the parser could not read it: {type(error).__name__}: {error}") from error
 
 
-def _refuse_non_mail(raw: bytes) -> None:
-    """Reject what is plainly no RFC 5322 message, with a reason a person understands."""
-    if not raw.strip():
+_SOMETHING: Final = re.compile(rb"\S")
+_FIRST_LINE: Final = re.compile(rb"\s*(?:From |[!-9;-~]+[ \t]*:)")
+
+
+def _refuse_non_mail(raw: bytes) -> list[tuple[int, int]]:
+    """Reject what is plainly no RFC 5322 message, with a reason a person understands; else the
+    spans of the big base64 leaf bodies (`_scan`). No copy of `raw` is made."""
+    if not _SOMETHING.search(raw):
         raise ParseError("empty message")
     if raw.startswith(_OLE2_MAGIC):
         raise ParseError("an Outlook .msg file (OLE2 binary), not an RFC 5322 message")
-    if not _HEADER_LINE.match(raw.lstrip()):  # the stdlib skips leading blank lines, with a defect
+    if not _FIRST_LINE.match(raw):  # the stdlib skips leading blank lines, with a defect
         raise ParseError("not an RFC 5322 message: the first line is no header field")
     if b"\x00" in _BLANK_LINE.split(raw[:_HEADER_SCAN], maxsplit=1)[0]:
         raise ParseError("not an RFC 5322 message: NUL bytes in the header")
-    shape = mime_shape(raw)
+    shape, cuts = _scan(raw)
     if shape.depth > MAX_MIME_DEPTH:
         raise ParseError(f"MIME parts nested more than {MAX_MIME_DEPTH} deep")
     if shape.parts > MAX_MIME_PARTS:
         raise ParseError(f"more than {MAX_MIME_PARTS} MIME parts")
     if shape.encoded_words > MAX_ENCODED_WORDS:
         raise ParseError(f"more than {MAX_ENCODED_WORDS} RFC 2047 encoded-words in the headers")
+    return cuts
 
 
 class Shape(NamedTuple):
@@ -113,20 +134,58 @@ class Shape(NamedTuple):
 
 
 def mime_shape(raw: bytes) -> Shape:
-    """Nesting depth, number of parts and encoded-words of a message, from its raw bytes without a tree.
+    """Nesting depth, number of parts and encoded-words of a message, from its raw bytes without a tree."""
+    return _scan(raw)[0]
+
+
+def _delimiter(raw: bytes, position: int, names: list[bytes]) -> tuple[int, int, bytes, bool] | None:
+    """The first delimiter line at or after `position` (a line start or not) of one of `names`
+    (longest first): (line start, line end, boundary, closing?). A delimiter is "--" + boundary,
+    then "--" when closing, then only spaces, tabs or CR up to the line end (RFC 2046 5.1.1).
+    Found with `bytes.find`: no regex to compile for each boundary, and base64 has no "-"."""
+    if raw.startswith(b"--", position) and (position == 0 or raw[position - 1] == 0x0A):
+        start = position
+    else:
+        start = _after_break(raw, position)
+    while start >= 0:
+        end = raw.find(b"\n", start)
+        end = len(raw) if end < 0 else end
+        line = raw[start + 2:end]
+        for name in names:
+            if line.startswith(name):
+                tail = line[len(name):]
+                if tail.startswith(b"--") and not tail[2:].strip(b" \t\r"):
+                    return start, end, name, True
+                if not tail.strip(b" \t\r"):
+                    return start, end, name, False
+        start = _after_break(raw, end)
+    return None
+
+
+def _after_break(raw: bytes, position: int) -> int:
+    """Start of the first line after `position` that begins with "--", -1 if none."""
+    found = raw.find(b"\n--", position)
+    return found + 1 if found >= 0 else -1
+
+
+def _scan(raw: bytes) -> tuple[Shape, list[tuple[int, int]]]:
+    """The shape of a message, and the (start, end) of the base64 leaf bodies worth cutting out.
 
     A line scan: header blocks name their Content-Type; a multipart pushes its boundary, a
     message/rfc822 part pushes a level whose header block follows at once; a delimiter line
     (RFC 2046 5.1.1) of an open boundary closes the levels opened inside it and starts a part.
     It stops as soon as a limit is passed, so hostile input costs no more than the limit.
     Approximate where the stdlib is lenient with broken structure; on the public corpus it
-    counts within a few parts and levels of the stdlib's tree.
+    counts within a few parts and levels of the stdlib's tree. A body is only cut out when no
+    line in it starts with "--" (so the stdlib cannot see a boundary there), and `_tree`
+    checks the stdlib's tree against the cuts before trusting them.
     """
     stack: list[bytes | None] = []  # open levels: a multipart's boundary, None for message/*
-    delimiters: dict[frozenset[bytes], re.Pattern[bytes]] = {}
+    cuts: list[tuple[int, int]] = []
     depth = parts = words = 0
     position = 0
     in_headers = True
+    leaf: int | None = None  # where the body of the leaf part being read starts, if worth cutting
     while position <= len(raw):
         if in_headers:
             end = _EMPTY_HEADER.match(raw, position) or _HEADER_END.search(raw, position)
@@ -134,7 +193,7 @@ def mime_shape(raw: bytes) -> Shape:
             position = end.end() if end else len(raw) + 1
             words += block.count(b"=?")
             if words > MAX_ENCODED_WORDS:
-                return Shape(depth, parts, words)
+                return Shape(depth, parts, words), cuts
             kind, boundary = _container(block)
             in_headers = False
             if kind == b"multipart" and boundary:
@@ -143,30 +202,79 @@ def mime_shape(raw: bytes) -> Shape:
                 stack.append(None)
                 in_headers = True
             else:
+                leaf = position if end and _is_base64(block) else None
                 continue
             depth = max(depth, len(stack))
             if depth > MAX_MIME_DEPTH:
-                return Shape(depth, parts, words)
+                return Shape(depth, parts, words), cuts
             continue
         boundaries = frozenset(boundary for boundary in stack if boundary is not None)
         if not boundaries:
+            if leaf is not None:
+                _cut(raw, leaf, len(raw), cuts)
             break
-        if boundaries not in delimiters:
-            names = b"|".join(re.escape(name) for name in sorted(boundaries, key=len, reverse=True))
-            delimiters[boundaries] = re.compile(rb"^--(" + names + rb")(--)?[ \t\r]*$", re.MULTILINE)
-        found = delimiters[boundaries].search(raw, position)
+        found = _delimiter(raw, position, sorted(boundaries, key=len, reverse=True))
         if found is None:
             break
-        position = found.end() + 1
-        name, closing = found.group(1), found.group(2) is not None
+        line, line_end, name, closing = found
+        if leaf is not None:
+            _cut(raw, leaf, line - (2 if raw[line - 2:line] == b"\r\n" else 1), cuts)
+            leaf = None
+        position = line_end + 1
         level = max(index for index, boundary in enumerate(stack) if boundary == name)
         del stack[level + (0 if closing else 1):]
         if not closing:
             parts += 1
             if parts > MAX_MIME_PARTS:
-                return Shape(depth, parts, words)
+                return Shape(depth, parts, words), cuts
             in_headers = True
-    return Shape(depth, parts, words)
+    return Shape(depth, parts, words), cuts
+
+
+def _is_base64(block: bytes) -> bool:
+    found = _CTE.search(block)
+    return found is not None and found.group(1).strip().lower() == b"base64"
+
+
+def _cut(raw: bytes, start: int, end: int, cuts: list[tuple[int, int]]) -> None:
+    """Record raw[start:end] as a body to leave out of the tree, if it is big and safe to."""
+    if (end - start >= CUT_MIN_BYTES and not raw.startswith(b"--", start)
+            and raw.find(b"\n--", start, end) < 0 and raw.find(b"\r--", start, end) < 0):
+        cuts.append((start, end))
+
+
+def _tree(raw: bytes, cuts: list[tuple[int, int]]) -> tuple[Message, dict[int, tuple[int, int]]]:
+    """The stdlib's tree of the message, and the cut-out body span of each part that has one
+    (by `id(part)`). The bodies in `cuts` are replaced by a random marker line first; a tree in
+    which each marker is not exactly one base64 leaf's whole payload is thrown away, and the
+    whole message is parsed as it is."""
+    parser = BytesParser(policy=compat32)
+    if not cuts:
+        return parser.parsebytes(raw), {}
+    nonce = os.urandom(12).hex()
+    view = memoryview(raw)
+    pieces: list[bytes | memoryview] = []
+    position = 0
+    for index, (start, end) in enumerate(cuts):
+        pieces += [view[position:start], f"MAILDESK-CUT-{nonce}-{index}".encode()]
+        position = end
+    pieces.append(view[position:])
+    message = parser.parsebytes(b"".join(pieces))
+    found: dict[int, tuple[int, int]] = {}
+    used: set[int] = set()
+    prefix = f"MAILDESK-CUT-{nonce}-"
+    for part in message.walk():
+        payload = part._payload  # the undecoded text; get_payload() would decode it
+        if isinstance(payload, str) and prefix in payload:
+            index = payload[len(prefix):] if payload.startswith(prefix) else ""
+            if (not index.isdigit() or int(index) >= len(cuts) or int(index) in used or part.is_multipart()
+                    or str(part.get("content-transfer-encoding", "")).strip().lower() != "base64"):
+                return parser.parsebytes(raw), {}
+            used.add(int(index))
+            found[id(part)] = cuts[int(index)]
+    if len(found) != len(cuts):
+        return parser.parsebytes(raw), {}
+    return message, found
 
 
 def _container(block: bytes) -> tuple[bytes, bytes]:
@@ -186,17 +294,19 @@ def _container(block: bytes) -> tuple[bytes, bytes]:
     return major, found_boundary.rstrip(b" \t")
 
 
-def _inbound(parsed: Any) -> InboundMail:
-    """Build the mail from mail-parser's result and the message tree it holds."""
-    message: Message | None = parsed.message
-    if message is None or len(message) == 0:
+def _inbound(raw: bytes, message: Message, cut: dict[int, tuple[int, int]]) -> InboundMail:
+    """Build the mail from the message tree (`cut`: the bodies left in `raw`, see `_tree`)."""
+    if len(message) == 0:
         raise ParseError("no header fields: not an RFC 5322 message")
     defects: list[str] = []
+    categories: set[str] = set()
     raw_headers = [(name, value) for name, value in message.raw_items()]
     headers = tuple((name, _header_text(name, value, defects)) for name, value in raw_headers)
-    addresses = {key: _addresses(parsed, raw_headers, key) for key in _ADDRESS_HEADERS}
+    addresses = {key: _addresses(raw_headers, key, categories) for key in _ADDRESS_HEADERS}
+    _check_addresses(raw_headers, categories)
     from_name, from_address = _sender(addresses["from"], raw_headers, defects)
-    plain, html = _bodies(message, defects)
+    parts = list(message.walk())
+    plain, html = _bodies(message, raw, cut, defects)
     text = plain or (html_to_text(html) if html else "")
     return InboundMail(
         message_id=_message_id(headers, defects),
@@ -207,13 +317,13 @@ def _inbound(parsed: Any) -> InboundMail:
         cc=_bare(addresses["cc"]),
         in_reply_to=_first_id(_first(headers, "in-reply-to")),
         references=_references(" ".join(_all(headers, "references")), defects),
-        date=_date(parsed, headers, defects),
+        date=_date(raw_headers, headers, defects, categories),
         text=text,
         new_text=new_text(text),
         html=html,
         headers=headers,
-        attachments=_attachments(parsed.attachments, defects),
-        defects=tuple(defects + _mime_defects(parsed)),
+        attachments=_attachments(parts, raw, cut, defects, categories),
+        defects=tuple(defects + _mime_defects(parts, categories)),
     )
 
 
@@ -337,19 +447,46 @@ def _references(value: str, defects: list[str]) -> tuple[str, ...]:
 # Addresses and date -------------------------------------------------------------------------
 
 
-def _addresses(parsed: Any, raw_headers: list[tuple[str, str]], key: str) -> list[tuple[str, str]]:
+def _addresses(raw_headers: list[tuple[str, str]], key: str, categories: set[str]) -> list[tuple[str, str]]:
     """(name, lower-case address) pairs of the first such header.
 
-    mail-parser's pairs are right for ASCII headers; with raw 8-bit bytes it garbles names,
-    so those are split by the stdlib and decoded here.
+    mail-parser's hardened list parser is right for ASCII headers; with raw 8-bit bytes it
+    garbles names, so those are split by the stdlib and decoded here.
     """
     raw = next((value for name, value in raw_headers if name.lower() == key), "")
     if raw.isascii():
-        pairs = [(name, address) for name, address in getattr(parsed, key)]
+        problems: list[dict[str, object]] = []
+        pairs = [("" if name == address else name, address)
+                 for name, address in get_addresses(raw, defects=problems, decode_names=True) if address]
+        if problems:
+            categories.add("AddressHeaderDefect")
     else:
         pairs = [(_decode_8bit(name)[0], _decode_8bit(address)[0]) for name, address in getaddresses([raw])]
         pairs = [(_decode_words(name) if "=?" in name else name, address) for name, address in pairs]
     return [(name.strip(), address.strip().lower()) for name, address in pairs if address.strip()]
+
+
+def _check_addresses(raw_headers: list[tuple[str, str]], categories: set[str]) -> None:
+    """"AddressHeaderDefect" when any address header is ambiguous or broken (as mail-parser had
+    it); the first ASCII From, To and Cc were checked by `_addresses` already."""
+    seen: set[str] = set()
+    for name, value in raw_headers:
+        key = name.lower()
+        first = key not in seen
+        seen.add(key)
+        if "AddressHeaderDefect" in categories:
+            return
+        if key in _CHECKED_ADDRESS_HEADERS and not (first and key in _ADDRESS_HEADERS and value.isascii()):
+            problems: list[dict[str, object]] = []
+            get_addresses(_fetched(value), defects=problems, decode_names=True)
+            if problems:
+                categories.add("AddressHeaderDefect")
+                return
+
+
+def _fetched(value: str) -> str | Header:
+    """A raw header value as `Message.get()` returns it under compat32 (8-bit: a `Header`)."""
+    return compat32.header_fetch_parse("x", value)  # type: ignore[no-any-return]
 
 
 def _sender(pairs: list[tuple[str, str]], raw_headers: list[tuple[str, str]],
@@ -382,9 +519,22 @@ def _bare(pairs: list[tuple[str, str]]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(address for _, address in pairs))
 
 
-def _date(parsed: Any, headers: tuple[tuple[str, str], ...], defects: list[str]) -> datetime | None:
-    """mail-parser's timezone-aware Date, or None with a defect saying why."""
-    value = parsed.date
+def _date(raw_headers: list[tuple[str, str]], headers: tuple[tuple[str, str], ...], defects: list[str],
+          categories: set[str]) -> datetime | None:
+    """The first Date as a timezone-aware UTC datetime (mail-parser's RFC 5322 reading, obsolete
+    forms included), or None with a defect saying why."""
+    value = None
+    seen: dict[str, int] = {}
+    for name, raw in raw_headers:
+        key = name.lower()
+        if key in ("date", "resent-date"):
+            occurrence = seen.get(key, 0)
+            seen[key] = occurrence + 1
+            result = parse_mail_date(raw)
+            if key == "date" and occurrence == 0:
+                value = result.value
+            if date_diagnostics(result, raw, key, occurrence):
+                categories.add("DateHeaderDefect")
     if isinstance(value, datetime) and value.tzinfo is not None:
         return value
     defects.append("unreadable Date header" if _first(headers, "date") else "missing Date header")
@@ -394,15 +544,25 @@ def _date(parsed: Any, headers: tuple[tuple[str, str], ...], defects: list[str])
 # Bodies and attachments ---------------------------------------------------------------------
 
 
-def _bodies(message: Message, defects: list[str]) -> tuple[str, str]:
+def _bodies(message: Message, raw: bytes, cut: dict[int, tuple[int, int]], defects: list[str]) -> tuple[str, str]:
     """(plain text, html) of the body parts, each kind concatenated in message order."""
     plain: list[str] = []
     html: list[str] = []
     for index, part in enumerate(_body_parts(message)):
-        text = _part_text(part, index, defects)
+        text = _part_text(part, _decoded(part, raw, cut), index, defects)
         if text:
             (html if part.get_content_subtype() == "html" else plain).append(text)
     return "\n".join(plain), "\n".join(html)
+
+
+def _decoded(part: Message, raw: bytes, cut: dict[int, tuple[int, int]]) -> bytes | None:
+    """`part.get_payload(decode=True)`, also for a body left in the raw bytes."""
+    span = cut.get(id(part))
+    if span is None:
+        data = part.get_payload(decode=True)
+        return data if isinstance(data, bytes) else None
+    # what the stdlib does with a base64 payload, on the bytes it would have held
+    return _decode_b(b"".join(raw[span[0]:span[1]].splitlines()))
 
 
 def _body_parts(message: Message) -> list[Message]:
@@ -430,9 +590,8 @@ def _is_attached(part: Message) -> bool:
             or part.get_content_type() == "message/rfc822")
 
 
-def _part_text(part: Message, index: int, defects: list[str]) -> str:
+def _part_text(part: Message, data: bytes | None, index: int, defects: list[str]) -> str:
     """A body part's text in its charset, or the fallbacks when it declares none or a wrong one."""
-    data = part.get_payload(decode=True)
     if not isinstance(data, bytes) or not data:
         return ""
     declared = part.get_content_charset()
@@ -448,40 +607,67 @@ def _part_text(part: Message, index: int, defects: list[str]) -> str:
     return text
 
 
-def _attachments(found: list[dict[str, Any]], defects: list[str]) -> tuple[Attachment, ...]:
-    """mail-parser's attachments with payloads as bytes (it hands binary ones over as base64)."""
+def _attachments(parts: list[Message], raw: bytes, cut: dict[int, tuple[int, int]], defects: list[str],
+                 categories: set[str]) -> tuple[Attachment, ...]:
+    """The attached files, chosen as mail-parser chose them: every leaf (or multipart marked
+    "attachment") with a file name, or with a Content-ID and not text/plain or text/html, or
+    with disposition "attachment"; a part inside an attached container is never shown inline."""
     result = []
-    for item in found:
-        payload = item.get("payload") or ""
-        if item.get("binary"):
-            data = _base64(str(payload), defects)
-        else:
-            data = payload.encode("utf-8", "surrogateescape") if isinstance(payload, str) else bytes(payload)
-        result.append(Attachment(filename=str(item.get("filename") or "").replace("\x00", REPLACEMENT),
-                                 content_type=str(item.get("mail_content_type") or "application/octet-stream")
-                                 .replace("\x00", REPLACEMENT),
-                                 payload=data))
+    for part in parts:
+        if part.is_multipart() and str(part.get_content_disposition() or "").lower() != "attachment":
+            continue
+        metadata, problems = mime_header_view(part)
+        filename = decode_header_part(metadata.get_filename(), defects=problems)
+        if problems:
+            categories.add("MimeHeaderDefect")
+        content_id = str(metadata.get("content-id") or "")
+        if not filename and content_id and metadata.get_content_subtype() not in ("html", "plain"):
+            filename = content_id
+        disposition = str(metadata.get_content_disposition() or "").lower()
+        if not (filename or metadata.get_content_subtype() == "rtf" or disposition == "attachment"):
+            continue
+        result.append(Attachment(filename=filename.replace("\x00", REPLACEMENT),
+                                 content_type=str(metadata.get_content_type()).replace("\x00", REPLACEMENT),
+                                 content=_attachment_content(part, raw, cut, defects)))
     return tuple(result)
 
 
-def _base64(payload: str, defects: list[str]) -> bytes:
-    """Decode base64 as mail clients do: stray characters skipped, missing padding forgiven."""
-    try:
-        return base64.b64decode(payload)  # the common case, and fast; it already skips line breaks
-    except (binascii.Error, ValueError):
-        pass
-    cleaned = re.sub(r"[^A-Za-z0-9+/]", "", payload)
-    cleaned = cleaned[: len(cleaned) - len(cleaned) % 4] if len(cleaned) % 4 == 1 else cleaned
-    try:
-        return base64.b64decode(cleaned + "=" * (-len(cleaned) % 4))
-    except (binascii.Error, ValueError):
-        defects.append("attachment with undecodable base64")
-        return b""
+def _attachment_content(part: Message, raw: bytes, cut: dict[int, tuple[int, int]],
+                        defects: list[str]) -> bytes | Base64Body:
+    """The file's bytes; a body left in the raw bytes stays there, decoded when stored."""
+    span = cut.get(id(part))
+    if span is not None:
+        return Base64Body(raw, *span)
+    if part.is_multipart():  # an attached container: its parts as text, as mail-parser gave it
+        return "".join(_as_string(sub) for sub in part.get_payload()).encode("utf-8", "surrogateescape")
+    if str(part.get("content-transfer-encoding", "")).strip().lower() == "base64":
+        payload = part._payload  # the base64 text exactly as sent
+        data = lenient_base64(payload.encode("ascii", "surrogateescape") if isinstance(payload, str) else payload)
+        if data is None:
+            defects.append("attachment with undecodable base64")
+            return b""
+        return data
+    data = part.get_payload(decode=True)
+    return data if isinstance(data, bytes) else b""
 
 
-def _mime_defects(parsed: Any) -> list[str]:
-    """mail-parser's defect categories (the stdlib's MIME defects among them), short."""
-    return [f"MIME: {category}" for category in sorted(parsed.defects_categories)]
+def _as_string(part: Message) -> str:
+    try:
+        return part.as_string()
+    except Exception:  # a broken part is still an attachment, empty
+        return ""
+
+
+def _decode_b(data: bytes) -> bytes:
+    """The stdlib's own lenient base64 decoding, as `get_payload(decode=True)` uses it."""
+    return decode_b(data)[0]  # type: ignore[no-any-return]
+
+
+def _mime_defects(parts: list[Message], categories: set[str]) -> list[str]:
+    """The stdlib's MIME defect categories, and the header checks above, short."""
+    for part in parts:
+        categories.update(type(defect).__name__ for defect in part.defects)
+    return [f"MIME: {category}" for category in sorted(categories)]
 
 
 # Text from HTML -----------------------------------------------------------------------------

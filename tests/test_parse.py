@@ -259,11 +259,11 @@ def test_a_from_with_its_only_address_unbracketed_is_accepted_with_a_defect() ->
     assert "malformed From header; its only address taken as the sender" in mail.defects
 
 
-def test_any_failure_inside_mail_parser_becomes_parse_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    def explode(raw: bytes) -> None:
+def test_any_failure_inside_the_parser_becomes_parse_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    def explode(raw: bytes, cuts: object) -> None:
         raise RecursionError("maximum recursion depth exceeded")
 
-    monkeypatch.setattr(parse.mailparser, "parse_from_bytes", explode)
+    monkeypatch.setattr(parse, "_tree", explode)
     with pytest.raises(ParseError, match="RecursionError"):
         parse_mail(raw_mail([b"Subject: x"]))
 

@@ -2,21 +2,100 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Final
+
+_NOT_BASE64: Final = re.compile(rb"[^A-Za-z0-9+/]")
+_WHITESPACE: Final = b" \t\r\n"
+CHUNK: Final = 1 << 20
+
+
+def lenient_base64(data: bytes | memoryview) -> bytes | None:
+    """Decode base64 as mail clients do: stray characters skipped, missing padding forgiven;
+    None when even that fails."""
+    try:
+        return base64.b64decode(data)  # the common case, and fast; it already skips line breaks
+    except (binascii.Error, ValueError):
+        pass
+    cleaned = _NOT_BASE64.sub(b"", bytes(data))
+    cleaned = cleaned[: len(cleaned) - len(cleaned) % 4] if len(cleaned) % 4 == 1 else cleaned
+    try:
+        return base64.b64decode(cleaned + b"=" * (-len(cleaned) % 4))
+    except (binascii.Error, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class Base64Body:
+    """A base64 body left where it is in the raw message, `raw[start:end]`, decoded when read.
+
+    The parser hands big attachments over like this, so a 25 MiB file never exists as one
+    base64 string plus one decoded copy: `chunks()` decodes a megabyte at a time (what the
+    attachment store writes), `decode()` everything at once (what `Attachment.payload` gives).
+    """
+
+    raw: bytes
+    start: int
+    end: int
+
+    def chunks(self, size: int = CHUNK) -> Iterator[bytes]:
+        """The decoded bytes in pieces; ValueError when the text is not plain base64 (stray
+        characters, padding before the end), which only `decode()` forgives."""
+        view = memoryview(self.raw)
+        carry = b""
+        for offset in range(self.start, self.end, size):
+            last = offset + size >= self.end
+            clean = carry + bytes(view[offset:min(offset + size, self.end)]).translate(None, _WHITESPACE)
+            usable = len(clean) if last else len(clean) - len(clean) % 4
+            piece, carry = clean[:usable], clean[usable:]
+            if not last and b"=" in piece:
+                raise ValueError("padding before the end of the base64 text")
+            try:
+                yield binascii.a2b_base64(piece, strict_mode=True)
+            except binascii.Error as error:
+                raise ValueError(f"not plain base64: {error}") from error
+
+    def decode(self) -> bytes:
+        """All of it, decoded as `lenient_base64` does (b'' when even that fails)."""
+        return lenient_base64(memoryview(self.raw)[self.start:self.end]) or b""
 
 
 @dataclass(frozen=True)
 class Attachment:
-    """One attached file; `filename` is the sender's name for it, kept as data only."""
+    """One attached file; `filename` is the sender's name for it, kept as data only.
+
+    `content` is the decoded bytes, or for a big base64 part the `Base64Body` still inside
+    the raw message; `payload` always gives bytes, `chunks()` gives them piece by piece.
+    """
 
     filename: str
     content_type: str
-    payload: bytes
+    content: bytes | Base64Body = b""
+
+    @property
+    def payload(self) -> bytes:
+        return self.content if isinstance(self.content, bytes) else self.content.decode()
 
     @property
     def size(self) -> int:
-        return len(self.payload)
+        if isinstance(self.content, bytes):
+            return len(self.content)
+        try:
+            return sum(len(piece) for piece in self.content.chunks())
+        except ValueError:
+            return len(self.content.decode())
+
+    def chunks(self, size: int = CHUNK) -> Iterator[bytes]:
+        """The payload piece by piece (ValueError from a `Base64Body` that is not plain base64)."""
+        if isinstance(self.content, bytes):
+            yield self.content
+        else:
+            yield from self.content.chunks(size)
 
 
 @dataclass(frozen=True)
