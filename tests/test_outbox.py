@@ -27,8 +27,9 @@ from maildesk.outbox import (DeliveryError, FolderTransport, RecipientResult, bu
 
 T0 = datetime(2026, 11, 26, 10, 0, tzinfo=timezone.utc)
 SUPPORT, BOUNCES = "support@desk.example", "bounces@desk.example"
-LV_TEXT = ("Labdien, Jāni!\n\nMēs saņēmām jūsu pieprasījumu „Printeris nedrukā” un reģistrējām to ar numuru SD-7."
-           " Atbildiet uz šo vēstuli, lai to papildinātu.\n.rindiņa ar punktu\nFrom šeit\nbeigas ar atstarpi \n"
+LV_TEXT = ("Labdien, Jāni!\n\nMēs saņēmām jūsu pieprasījumu „Printeris nedrukā” un reģistrējām to"
+           " ar numuru SD-7. Atbildiet uz šo vēstuli, lai to papildinātu.\n"
+           ".rindiņa ar punktu\nFrom šeit\nbeigas ar atstarpi \n"
            + "garš vārds " * 20 + "\n\nAr cieņu,\nServisa dienests")
 LV_HTML = "<p>Labdien, Jāni!</p>\n<p>Mēs saņēmām jūsu pieprasījumu <b>SD-7</b>.</p>" + "<p>ļ</p>" * 60
 LONG_SUBJECT = ("[SD-7] Re: Printeris nedrukā — ļoti garš temats ar garumzīmēm un mīkstinājuma zīmēm, "

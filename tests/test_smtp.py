@@ -138,6 +138,23 @@ def test_a_notification_reaches_the_server_with_its_headers_and_the_bounce_addre
     assert json.loads(item.recipient_results)[ANNA]["state"] == "delivered"
 
 
+def test_latvian_text_and_html_arrive_intact_through_the_server(
+        engine: Engine, settings: Settings, transport: SmtpTransport, smtp_sink: Any) -> None:
+    text = "Labdien!\n.Rindiņa, kas sākas ar punktu\n..\nMēs saņēmām jūsu pieprasījumu.\n"
+    html = "<p>Labdien!</p>\n.<p>Mēs saņēmām jūsu pieprasījumu.</p>\n"
+    with store.transaction(engine) as session:
+        session.add(OutboxItem(message_id="<lv@desk.example>", to_addresses=json.dumps([ANNA]),
+                               subject="[SD-1] Printeris nedrukā — ļoti garš temats, kas neietilpst vienā rindā",
+                               body_text=text, body_html=html, created_at=T0, next_attempt_at=T0))
+    assert send_due(engine, settings, transport, now=T0).sent == 1
+    [received] = smtp_sink.messages
+    message = received.parsed()
+    assert str(message["Subject"]) == "[SD-1] Printeris nedrukā — ļoti garš temats, kas neietilpst vienā rindā"
+    assert message.get_body(("plain",)).get_content().replace("\r\n", "\n") == text
+    assert message.get_body(("html",)).get_content().replace("\r\n", "\n") == html
+    assert content_of(received).isascii()  # quoted-printable: no 8BITMIME needed on the way
+
+
 def test_several_notifications_go_over_one_connection(engine: Engine, settings: Settings, smtp_sink: Any,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     ids = [queue(engine, ANNA, subject=f"[SD-{number}] Printer") for number in range(5)]
