@@ -21,7 +21,7 @@ from maildesk.config import Settings
 from maildesk.core.authorize import authorize
 from maildesk.core.classify import Classification
 from maildesk.core.commands import ParsedCommand, ParsedCommands, parse_commands
-from maildesk.core.mail import InboundMail
+from maildesk.core.mail import Base64Body, InboundMail
 from maildesk.core.workflow import (
     Audience, Command, Decision, Rejected, TicketState, decide, possible_commands, with_status,
 )
@@ -314,17 +314,51 @@ class MailHandler:
                                              message_id=message.id))
         return message
 
-    def save_attachment(self, filename: str, content_type: str, payload: bytes, *, message_id: int | None) -> Attachment:
-        """Stored under its SHA-256 (a generated name); the sender's file name is data only."""
-        digest = hashlib.sha256(payload).hexdigest()
-        stored_name = f"{digest[:2]}/{digest}"
-        path = self.settings.attachments_dir / stored_name
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = path.with_suffix(".part")
-            temporary.write_bytes(payload)
-            temporary.replace(path)
+    def save_attachment(self, filename: str, content_type: str, payload: bytes | Base64Body, *,
+                        message_id: int | None) -> Attachment:
+        """Stored under its SHA-256 (a generated name); the sender's file name is data only.
+
+        A `Base64Body` (a big attachment the parser left in the raw mail) is decoded a megabyte
+        at a time into a temporary file while it is hashed: the file is never in memory whole.
+        """
         assert message_id is not None
+        directory = self.settings.attachments_dir
+        if isinstance(payload, bytes):
+            digest, size = hashlib.sha256(payload).hexdigest(), len(payload)
+            path = directory / digest[:2] / digest
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                temporary = path.with_suffix(".part")
+                temporary.write_bytes(payload)
+                temporary.replace(path)
+        else:
+            directory.mkdir(parents=True, exist_ok=True)
+            temporary = directory / f".incoming-{message_id}-{id(payload)}.part"
+            hasher, size = hashlib.sha256(), 0
+            try:
+                with temporary.open("wb") as file:
+                    try:
+                        for piece in payload.chunks():
+                            hasher.update(piece)
+                            file.write(piece)
+                            size += len(piece)
+                    except ValueError:  # not plain base64 (stray characters): decoded leniently, at once
+                        data = payload.decode()
+                        file.seek(0)
+                        file.truncate()
+                        file.write(data)
+                        hasher, size = hashlib.sha256(data), len(data)
+                digest = hasher.hexdigest()
+                path = directory / digest[:2] / digest
+                if path.exists():
+                    temporary.unlink()
+                else:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    temporary.replace(path)
+            except BaseException:
+                temporary.unlink(missing_ok=True)
+                raise
+        stored_name = f"{digest[:2]}/{digest}"
         return Attachment(message_id=message_id, filename=filename[:300], content_type=content_type[:200],
-                          size=len(payload), sha256=digest, stored_name=stored_name)
+                          size=size, sha256=digest, stored_name=stored_name)
 

@@ -1,0 +1,125 @@
+"""Big attachments stay in the raw bytes at parse time and are decoded in chunks into the store.
+
+`maildesk.parse` cuts big base64 leaf bodies out before the stdlib builds its tree, and hands
+them over as `core.mail.Base64Body`; `MailHandler.save_attachment` decodes those a megabyte at
+a time into the file. These tests fail if either side breaks: the file on disk must be the
+attachment, its SHA-256 and size recorded, and the mail's text the same as without cutting.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+from email.message import EmailMessage
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from maildesk import parse
+from maildesk.core.mail import Attachment, Base64Body
+from maildesk.handle import MailHandler
+from maildesk.parse import parse_mail
+
+BODY = "Labdien,\n\nžurnāli pielikumā.\n\nAr cieņu,\nAnna\n"
+
+
+def mail_with(files: dict[str, bytes], body: str = BODY) -> bytes:
+    message = EmailMessage()
+    message["From"] = "Anna <anna@klients.lv>"
+    message["To"] = "support@desk.example"
+    message["Subject"] = "Žurnāli"
+    message["Message-ID"] = "<big@klients.lv>"
+    message.set_content(body)
+    for name, data in files.items():
+        message.add_attachment(data, maintype="application", subtype="octet-stream", filename=name)
+    return message.as_bytes()
+
+
+def uncut(raw: bytes, monkeypatch: pytest.MonkeyPatch) -> Any:
+    with monkeypatch.context() as patch:
+        patch.setattr(parse, "CUT_MIN_BYTES", len(raw) + 1)
+        return parse_mail(raw)
+
+
+def save(attachment: Attachment, directory: Path) -> Any:
+    handler = MailHandler(SimpleNamespace(attachments_dir=directory), notifier=None)  # type: ignore[arg-type]
+    return handler.save_attachment(attachment.filename, attachment.content_type, attachment.content, message_id=7)
+
+
+def test_a_big_attachment_stays_in_the_raw_bytes_and_the_mail_is_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 5)  # more than one 1 MiB chunk, not a multiple of 3
+    small = b"small file\n"
+    raw = mail_with({"logs.tar.gz": data, "small.txt": small})
+    mail, whole = parse_mail(raw), uncut(raw, monkeypatch)
+    big = mail.attachments[0]
+    assert isinstance(big.content, Base64Body) and big.content.raw is raw
+    assert isinstance(whole.attachments[0].content, bytes)
+    assert (big.filename, big.content_type) == ("logs.tar.gz", "application/octet-stream")
+    assert big.payload == data and big.size == len(data) and b"".join(big.chunks(1000)) == data
+    assert mail.attachments[1].content == small
+    assert (mail.text, mail.new_text, mail.html, mail.headers, mail.defects) == \
+        (whole.text, whole.new_text, whole.html, whole.headers, whole.defects)
+    assert mail.new_text == "Labdien,\n\nžurnāli pielikumā."
+    assert [(a.filename, a.content_type, a.payload) for a in mail.attachments] == \
+        [(a.filename, a.content_type, a.payload) for a in whole.attachments]
+
+
+def test_a_streamed_attachment_is_stored_byte_for_byte_with_its_sha256_and_size(tmp_path: Path) -> None:
+    data = os.urandom(2 * 1024 * 1024 + 1)
+    attachment = parse_mail(mail_with({"dump.bin": data})).attachments[0]
+    assert isinstance(attachment.content, Base64Body)
+    row = save(attachment, tmp_path)
+    digest = hashlib.sha256(data).hexdigest()
+    assert (row.sha256, row.size, row.stored_name, row.filename) == (digest, len(data), f"{digest[:2]}/{digest}",
+                                                                   "dump.bin")
+    assert (tmp_path / row.stored_name).read_bytes() == data
+    assert [path for path in tmp_path.rglob("*") if path.is_file()] == [tmp_path / row.stored_name]
+    again = save(attachment, tmp_path)  # the same file again: stored once, no temporary left
+    assert again.stored_name == row.stored_name
+    assert [path for path in tmp_path.rglob("*") if path.is_file()] == [tmp_path / row.stored_name]
+
+
+def test_bytes_and_streamed_payloads_are_stored_alike(tmp_path: Path) -> None:
+    data = os.urandom(40000)
+    streamed = save(Attachment("a.bin", "application/octet-stream",
+                               Base64Body(base64.encodebytes(data), 0, len(base64.encodebytes(data)))), tmp_path / "s")
+    in_memory = save(Attachment("a.bin", "application/octet-stream", data), tmp_path / "m")
+    assert (streamed.sha256, streamed.size, streamed.stored_name) == \
+        (in_memory.sha256, in_memory.size, in_memory.stored_name)
+
+
+def test_base64_with_stray_characters_is_decoded_as_mail_clients_do(tmp_path: Path) -> None:
+    data = os.urandom(30000)
+    text = base64.encodebytes(data)
+    broken = text[:1000] + b"!*" + text[1000:]  # a stray character: no plain base64 any more
+    body = Base64Body(broken, 0, len(broken))
+    with pytest.raises(ValueError):
+        b"".join(body.chunks())
+    assert body.decode() == data
+    row = save(Attachment("x.bin", "application/octet-stream", body), tmp_path)
+    assert (tmp_path / row.stored_name).read_bytes() == data and row.size == len(data)
+    assert [path for path in tmp_path.rglob("*") if path.is_file()] == [tmp_path / row.stored_name]
+
+
+def test_a_body_that_hides_a_boundary_is_not_cut(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A base64 part whose text holds a line starting with "--" is parsed by the stdlib as it is."""
+    raw = mail_with({"a.bin": os.urandom(60000)})
+    boundary = raw.split(b'boundary="', 1)[1].split(b'"', 1)[0]
+    head, _, rest = raw.rpartition(b"\n--" + boundary + b"--")
+    hidden = head + b"\n--not-a-boundary" + b"\n--" + boundary + b"--" + rest
+    assert parse._scan(raw)[1] and not parse._scan(hidden)[1]
+    assert parse_mail(hidden).attachments[0].payload == uncut(hidden, monkeypatch).attachments[0].payload
+
+
+def test_a_big_base64_text_body_is_still_the_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    body = "Labdien,\n" + "rindiņa ar garumzīmēm\n" * 2000
+    message = EmailMessage()
+    message["From"], message["To"], message["Subject"] = "anna@klients.lv", "support@desk.example", "x"
+    message.set_content(body, cte="base64")
+    raw = message.as_bytes()
+    assert parse._scan(raw)[1]
+    mail = parse_mail(raw)
+    assert mail.text == body and mail.text == uncut(raw, monkeypatch).text and not mail.attachments
