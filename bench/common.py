@@ -74,6 +74,8 @@ def base_env(workdir: Path, **extra: str) -> dict[str, str]:
     env = {"MAILDESK_DATA_DIR": str(workdir / "var"), "MAILDESK_SUPPORT_ADDRESS": SUPPORT_ADDRESS,
            "MAILDESK_ENVIRONMENT": "development", "MAILDESK_LOG_LEVEL": "warning",
            "MAILDESK_WORKER_ID": "bench", **LIMITS}
+    if "MAILDESK_PARSE_PROCESSES" in os.environ:  # to compare with parsing in-process
+        env["MAILDESK_PARSE_PROCESSES"] = os.environ["MAILDESK_PARSE_PROCESSES"]
     env.update(extra)
     return env
 

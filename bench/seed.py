@@ -4,9 +4,9 @@ A desk that has run for years holds, per ticket, at least the opening mail (an i
 message), the acknowledgement (an outbox row) and the ticket itself; the pipeline's lookups
 (thread by Message-ID, "did we answer this sender lately", the ticket by key) run against
 those tables, so all four are seeded, one row each per ticket. Events are not seeded: they
-are only read per ticket through their ticket_id index. Inbox rows get an empty `raw` (a real
-one holds the whole mail; 1M of them would be ~20 GB on disk), which makes any full scan of
-that table look cheaper here than in production.
+are only read per ticket through their ticket_id index. Inbox rows get no `inbox_raw` row (a
+real one holds the whole mail; 1M of them would be ~20 GB on disk); since schema 0005 the bytes
+live apart from the inbox rows, so scans of `inbox` cost the same either way.
 
 The INSERTs are built from `PRAGMA table_info`, so a column added by a later migration gets a
 type-shaped filler instead of breaking the seed. Rows come from a recursive CTE inside SQLite
@@ -37,7 +37,7 @@ TICKETS = {
 }
 INBOX = {
     "id": "k", "received_at": "at", "source": "'imap'", "sha256": "printf('seed%060d', k)",
-    "message_id": "'<seed.' || k || '@seed.example>'", "size": "0", "raw": "x''", "state": "'processed'",
+    "message_id": "'<seed.' || k || '@seed.example>'", "size": "0", "state": "'processed'",
     "reason": "'new ticket'", "attempts": "1", "processed_at": "at", "ticket_id": "k", "sender": "address",
 }
 MESSAGES = {

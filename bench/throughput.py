@@ -28,6 +28,7 @@ def backlog_in_process(name: str, mails: list[CorpusMail], *, profile_to: Path |
                        before_ingest: Callable[[Any, Any], dict[str, Any]] | None = None) -> dict[str, Any]:
     """Run (a) in `bench/out/<name>`; `before_ingest(settings, engine)` may seed the database first."""
     from maildesk.imap import ImapPoller
+    from maildesk.parse_worker import ProcessParser, parser_for
     from maildesk.process import Pipeline
 
     workdir = fresh_workdir(name)
@@ -39,7 +40,11 @@ def backlog_in_process(name: str, mails: list[CorpusMail], *, profile_to: Path |
             extra = before_ingest(settings, engine)
         appended, append_seconds = append_all(dovecot, (mail.raw for mail in mails))
         print(f"appended {appended} mails ({sum(len(m.raw) for m in mails) / 1e6:.1f} MB) in {append_seconds:.1f} s")
-        poller = ImapPoller(settings, Pipeline(settings, engine))
+        parser = parser_for(settings.parse_processes)  # as `maildesk poll --once` and `maildesk run` do
+        if isinstance(parser, ProcessParser):
+            parser.start()  # the daemon starts it before READY: not part of the backlog's time
+        print(f"MAILDESK_PARSE_PROCESSES={settings.parse_processes}")
+        poller = ImapPoller(settings, Pipeline(settings, engine, parser=parser))
         profiler = cProfile.Profile() if profile_to else None
         started = time.perf_counter()
         if profiler:
@@ -51,6 +56,7 @@ def backlog_in_process(name: str, mails: list[CorpusMail], *, profile_to: Path |
                 profiler.disable()
             elapsed = time.perf_counter() - started
             poller.close()
+            parser.close()
         left = dovecot.count("INBOX")  # type: ignore[attr-defined]
         processed_folder = dovecot.count(settings.imap_processed_folder)  # type: ignore[attr-defined]
     counts = db_counts(db_path(settings))

@@ -337,13 +337,15 @@ def poll(ctx: typer.Context, once: Annotated[bool, typer.Option("--once", help="
          = False) -> None:
     """Fetch mail from IMAP and process it (with --once: what is there now, then exit)."""
     from maildesk.imap import ImapError, ImapPoller
+    from maildesk.parse_worker import parser_for
     context = _context(ctx)
     if not context.settings.imap_configured:
         fail("MAILDESK_IMAP_HOST is not set: there is no mailbox to poll")
     if not once:
         fail("use `maildesk run` for continuous polling, or `maildesk poll --once`")
     _configure_logging(context.settings)
-    pipeline = Pipeline(context.settings, context.engine())
+    parser = parser_for(context.settings.parse_processes)
+    pipeline = Pipeline(context.settings, context.engine(), parser=parser)
     with _progress() as progress:
         poller = ImapPoller(context.settings, pipeline, on_progress=progress)
         try:
@@ -352,6 +354,7 @@ def poll(ctx: typer.Context, once: Annotated[bool, typer.Option("--once", help="
             fail(str(error))
         finally:
             poller.close()
+            parser.close()
     typer.echo(f"fetched {report.fetched}, new {report.stored_new}, processed {report.processed}, "
                f"quarantined {report.quarantined}, moved {report.moved}")
 

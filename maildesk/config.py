@@ -53,6 +53,7 @@ class Settings:
     imap_quarantine_folder: str
     imap_poll_seconds: int
     imap_batch_size: int
+    parse_processes: int
     max_message_bytes: int
     lmtp_host: str
     lmtp_port: int
@@ -216,6 +217,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("IMAP_QUARANTINE_FOLDER", _text, "Quarantine"),
     Setting("IMAP_POLL_SECONDS", _integer(1, 3600), "60"),
     Setting("IMAP_BATCH_SIZE", _integer(1, 10000), "200"),
+    Setting("PARSE_PROCESSES", _integer(0, 16), "1"),
     Setting("MAX_MESSAGE_BYTES", _integer(1024, 2**31), str(40 * 1024 * 1024)),
     Setting("LMTP_HOST", _text, "127.0.0.1"),
     Setting("LMTP_PORT", _integer(1, 65535), "2525"),

@@ -24,6 +24,7 @@ from sqlalchemy.engine import Engine, make_url
 from maildesk.config import Settings
 from maildesk.models import utcnow
 from maildesk.outbox import Transport, release_stale_claims, send_due
+from maildesk.parse_worker import ProcessParser, parser_for
 from maildesk.process import Pipeline
 from maildesk.sdnotify import Notifier, watchdog_interval
 from maildesk.smtp import transport_for
@@ -55,7 +56,8 @@ class Daemon:
         self.engine = engine
         self.clock = clock
         self.worker = settings.worker_id
-        self.pipeline = Pipeline(settings, engine, clock=clock, worker=self.worker)
+        self.parser = parser_for(settings.parse_processes)
+        self.pipeline = Pipeline(settings, engine, clock=clock, worker=self.worker, parser=self.parser)
         self.transport = transport or transport_for(settings)
         self.signals = Signals()
         self.stored: queue.Queue[int] = queue.Queue()
@@ -83,6 +85,8 @@ class Daemon:
 
     def start(self) -> None:
         """Start the source and the sender; returns at once (run() then drives the main loop)."""
+        if isinstance(self.parser, ProcessParser) and self.settings.imap_configured:
+            self.parser.start()  # the LMTP listener hands over one mail at a time: parsed in-process
         self._recover()
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_SECONDS))
         self._start_source()
@@ -114,6 +118,7 @@ class Daemon:
         for thread in self._threads:
             thread.join(timeout=30)
         self.transport.close()
+        self.parser.close()
         log.info("stopped")
 
     def _start_source(self) -> None:

@@ -43,10 +43,13 @@ DEADLINE_FIELDS = (
 
 
 def schedule(ticket: Ticket, *, session: Session, settings: Settings) -> None:
-    """Recompute every due time of an open ticket from its anchors, its level and calendar."""
+    """Recompute every due time of an open ticket from its anchors, its level and calendar.
+
+    Only the ticket's attributes change: a ticket of the session is saved with it, and a new
+    one (`tickets.create_ticket`) gets its deadlines before its row is written.
+    """
     if ticket.status in FINAL:
         ticket.acceptance_due_at = ticket.reminder_due_at = None
-        session.add(ticket)
         return
     level = level_for(ticket, session=session, settings=settings)
     if ticket.first_response_at is None:
@@ -56,7 +59,6 @@ def schedule(ticket: Ticket, *, session: Session, settings: Settings) -> None:
         ticket.first_response_warn_at = _warn_at(ticket.created_at, due, calendar, settings)
     _schedule_work_start(ticket, level, session=session, settings=settings)
     _schedule_acceptance(ticket, level, session=session)
-    session.add(ticket)
 
 
 def _schedule_work_start(ticket: Ticket, level: Level, *, session: Session, settings: Settings) -> None:

@@ -13,10 +13,10 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlmodel import Session
 
-from maildesk import deadlines, store
+from maildesk import deadlines, rows, store
 from maildesk.config import Settings
 from maildesk.core.authorize import authorize
 from maildesk.core.classify import Classification
@@ -37,6 +37,15 @@ REPLY_PREFIX = re.compile(r"^\s*((re|fw|fwd|aw|wg|sv|vs|atb|pārs|pars)\s*(\[\d+
 UNKNOWN_SENDER_QUIET = timedelta(days=1)
 HOUR = timedelta(hours=1)
 ARGUMENT_CODES = frozenset({"bad_effort", "bad_date", "due_required"})  # the parser knows better why
+# The loop protection's counts, asked for nearly every mail (indexes from schema 0004).
+SENT_COUNT = select(func.count()).select_from(OutboxItem).where(
+    OutboxItem.template == bindparam("template"), OutboxItem.to_addresses == bindparam("to"),
+    OutboxItem.created_at > bindparam("since"))
+MAIL_COUNT = select(func.count()).select_from(InboxItem).where(
+    InboxItem.sender == bindparam("sender"), InboxItem.received_at > bindparam("since"))
+TICKET_MAIL_COUNT = select(func.count()).select_from(InboxItem).where(
+    InboxItem.sender == bindparam("sender"), InboxItem.ticket_id == bindparam("ticket_id"),
+    InboxItem.received_at > bindparam("since"))
 
 
 @dataclass(frozen=True)
@@ -63,13 +72,13 @@ class MailHandler:
     def reopen_window(self) -> timedelta:
         return timedelta(days=self.settings.reopen_days)
 
-    def new_ticket(self, mail: InboundMail, item: InboxItem, user: User, ticket_type: str | None, *,
+    def new_ticket(self, mail: InboundMail, inbox_id: int, user: User, ticket_type: str | None, *,
                    session: Session, now: datetime) -> Handled:
-        thread_id = mail.message_id or f"<inbox-{item.id}@{self.settings.support_domain}>"
+        thread_id = mail.message_id or f"<inbox-{inbox_id}@{self.settings.support_domain}>"
         data = NewTicketData(reporter=user, summary=clean_summary(mail.subject), description=mail.text.strip(),
                              type=ticket_type, channel="email", thread_id=thread_id)
         ticket = create_ticket(data, session=session, settings=self.settings, now=now, actor=user.address)
-        self.save_message(mail, item, ticket, session=session, now=now, internal=False)
+        self.save_message(mail, inbox_id, ticket, session=session, now=now, internal=False)
         thread = Thread(in_reply_to=thread_id, references=mail.references)
         notices = notices_for_new_ticket()
         limited = (self._count_sent("ticket_created", user.address, HOUR, session=session, now=now)
@@ -84,7 +93,7 @@ class MailHandler:
         return Handled("processed", "new ticket (acknowledgement rate-limited)" if limited else "new ticket",
                        ticket.id, ticket.key)
 
-    def reply(self, mail: InboundMail, item: InboxItem, ticket: Ticket, user: User, sender: Sender, *,
+    def reply(self, mail: InboundMail, inbox_id: int, ticket: Ticket, user: User, sender: Sender, *,
               session: Session, now: datetime) -> Handled:
         actor = actor_of(user, session=session)
         parsed = parse_commands(mail.new_text)
@@ -92,7 +101,7 @@ class MailHandler:
                                                                                        *mail.references))))
         state = state_of(ticket, session=session)
         if actor.role.value == "customer" and actor.organisation != state.organisation:
-            self.save_message(mail, item, ticket, session=session, now=now, internal=True)
+            self.save_message(mail, inbox_id, ticket, session=session, now=now, internal=True)
             rejected = Rejected(parsed.commands[0].request if parsed.commands else None,
                                 state.status, "other_organisation", "the ticket belongs to another organisation")
             refuse(ticket, rejected, session=session, notifier=self.notifier, sender=user, now=now, thread=thread,
@@ -104,12 +113,12 @@ class MailHandler:
                                                      now=now), Decision):
             refusal = self.unauthorised(parsed, ticket, sender, session=session)
             if refusal:
-                return self.unverified(mail, item, ticket, user, parsed, refusal, session=session, now=now)
-        self.save_message(mail, item, ticket, session=session, now=now, internal=internal)
+                return self.unverified(mail, inbox_id, ticket, user, parsed, refusal, session=session, now=now)
+        self.save_message(mail, inbox_id, ticket, session=session, now=now, internal=internal)
         if not parsed.commands:
             self.comment(ticket, user, parsed.comment, internal, session=session, now=now, thread=thread)
             return Handled("processed", "internal note" if internal else "comment", ticket.id, ticket.key)
-        if self.replayed_approval(parsed, ticket, sender, item, session=session, now=now):
+        if self.replayed_approval(parsed, ticket, sender, inbox_id, session=session, now=now):
             return Handled("processed", "token_consumed: approval already used", ticket.id, ticket.key)
         outcome = self.run_commands(ticket, state, user, parsed, internal, session=session, now=now, thread=thread)
         return Handled("processed", outcome, ticket.id, ticket.key)
@@ -124,7 +133,7 @@ class MailHandler:
                 return f"{command.request.command.value}: {problem}"
         return ""
 
-    def replayed_approval(self, parsed: ParsedCommands, ticket: Ticket, sender: Sender, item: InboxItem, *,
+    def replayed_approval(self, parsed: ParsedCommands, ticket: Ticket, sender: Sender, inbox_id: int, *,
                           session: Session, now: datetime) -> bool:
         """A token approves an estimate once: record it, or report a replay (a no-op)."""
         if sender.token is None or not any(c.request.command == Command.ACCEPT_ESTIMATE for c in parsed.commands):
@@ -134,16 +143,14 @@ class MailHandler:
                             command="ACCEPT THE ESTIMATE", from_status=ticket.status, to_status=ticket.status,
                             outcome="ignored", reason="token_consumed: this approval was already used")
             return True
-        session.add(ConsumedToken(token=sender.token, ticket_id=ticket.id, inbox_id=item.id, at=now))
+        session.add(ConsumedToken(token=sender.token, ticket_id=ticket.id, inbox_id=inbox_id, at=now))
         return False
 
-    def unverified(self, mail: InboundMail, item: InboxItem, ticket: Ticket, user: User, parsed: ParsedCommands,
+    def unverified(self, mail: InboundMail, inbox_id: int, ticket: Ticket, user: User, parsed: ParsedCommands,
                    problem: str, *, session: Session, now: datetime) -> Handled:
         """Nothing changes: an internal note marked unverified, an audit event, and one request
         to confirm, sent to the address on file (never to whoever sent this mail)."""
-        message = self.save_message(mail, item, ticket, session=session, now=now, internal=True)
-        message.unverified = True
-        session.add(message)
+        self.save_message(mail, inbox_id, ticket, session=session, now=now, internal=True, unverified=True)
         line = parsed.processed[0] if parsed.processed else ""
         store.add_event(session=session, ticket_id=ticket.id, at=now, actor=user.address, command=line,
                         from_status=ticket.status, to_status=ticket.status, outcome="unverified", reason=problem)
@@ -156,13 +163,13 @@ class MailHandler:
                                 extra={"command": line}, token_purpose=purpose)
         return Handled("processed", f"unverified: {problem}", ticket.id, ticket.key)
 
-    def machine_mail(self, mail: InboundMail, item: InboxItem, ticket: Ticket | None, user: User | None,
+    def machine_mail(self, mail: InboundMail, inbox_id: int, ticket: Ticket | None, user: User | None,
                      classification: Classification, *, session: Session, now: datetime) -> Handled:
         """Auto-replies, bounces and list mail: kept, logged with their class, never answered,
         never a command, never a new ticket, never a reopen or a clock change (RFC 3834)."""
         reason = f"{classification.kind}: {classification.reason}"
         if ticket is not None and user is not None:
-            self.save_message(mail, item, ticket, session=session, now=now, internal=True)
+            self.save_message(mail, inbox_id, ticket, session=session, now=now, internal=True)
             store.add_event(session=session, ticket_id=ticket.id, at=now, actor=user.address,
                             command=classification.kind.upper().replace("_", " "), from_status=ticket.status,
                             to_status=ticket.status, outcome="ignored", reason=reason)
@@ -256,7 +263,7 @@ class MailHandler:
         self.notifier.notify(ticket, (("comment", audience),), session=session, actor=user.address, now=now,
                              thread=thread, extra={"comment": text, "internal": False}, already=looping)
 
-    def unknown_sender(self, mail: InboundMail, item: InboxItem, sender: Sender, *, session: Session,
+    def unknown_sender(self, mail: InboundMail, inbox_id: int, sender: Sender, *, session: Session,
                        now: datetime) -> Handled:
         """Held, not ticketed; one polite answer per address per day explains how to get access.
         A From that cannot be trusted is held without any answer."""
@@ -283,36 +290,33 @@ class MailHandler:
         return session.execute(query.limit(1)).first() is not None
 
     def _count_sent(self, template: str, address: str, within: timedelta, *, session: Session, now: datetime) -> int:
-        query = select(func.count()).select_from(OutboxItem).where(
-            OutboxItem.template == template, OutboxItem.to_addresses == json.dumps([address]),
-            OutboxItem.created_at > now - within)
-        return int(session.execute(query).scalar_one())
+        row = rows.first_row(SENT_COUNT, {"template": template, "to": json.dumps([address]), "since": now - within},
+                             session=session)
+        return int(row[0]) if row else 0
 
     def keeps_writing(self, address: str, ticket_id: int | None, *, session: Session, now: datetime) -> bool:
         """The circuit breaker for one ticket: its answer limit of mails to it in the last hour."""
-        query = select(func.count()).select_from(InboxItem).where(InboxItem.sender == address,
-                                                                  InboxItem.ticket_id == ticket_id,
-                                                                  InboxItem.received_at > now - HOUR)
-        return int(session.execute(query).scalar_one()) >= self.settings.answer_limit_per_hour
+        row = rows.first_row(TICKET_MAIL_COUNT, {"sender": address, "ticket_id": ticket_id, "since": now - HOUR},
+                             session=session)
+        return (int(row[0]) if row else 0) >= self.settings.answer_limit_per_hour
 
     def may_answer(self, address: str, *, session: Session, now: datetime) -> bool:
         """The circuit breaker: an address that keeps writing gets no automatic answers."""
-        query = select(func.count()).select_from(InboxItem).where(InboxItem.sender == address,
-                                                                  InboxItem.received_at > now - HOUR)
-        return int(session.execute(query).scalar_one()) < self.settings.answer_limit_per_hour
+        row = rows.first_row(MAIL_COUNT, {"sender": address, "since": now - HOUR}, session=session)
+        return (int(row[0]) if row else 0) < self.settings.answer_limit_per_hour
 
-    def save_message(self, mail: InboundMail, item: InboxItem, ticket: Ticket, *, session: Session,
-                     now: datetime, internal: bool) -> Message:
-        message = Message(ticket_id=ticket.id, direction="in", message_id=mail.message_id[:1000],
-                          in_reply_to=mail.in_reply_to[:1000], sender=mail.from_address, subject=mail.subject,
-                          new_text=mail.new_text, full_text=mail.text, internal=internal, inbox_id=item.id,
-                          created_at=now)
-        session.add(message)
-        session.flush()
+    def save_message(self, mail: InboundMail, inbox_id: int, ticket: Ticket, *, session: Session,
+                     now: datetime, internal: bool, unverified: bool = False) -> int:
+        """The mail as a message of the ticket's thread, with its attachments; returns the message id."""
+        message_id = store.insert_row(
+            Message, session=session, ticket_id=ticket.id, direction="in", message_id=mail.message_id[:1000],
+            in_reply_to=mail.in_reply_to[:1000], sender=mail.from_address, subject=mail.subject,
+            new_text=mail.new_text, full_text=mail.text, internal=internal, unverified=unverified,
+            inbox_id=inbox_id, created_at=now)
         for attachment in mail.attachments:
-            session.add(self.save_attachment(attachment.filename, attachment.content_type, attachment.payload,
-                                             message_id=message.id))
-        return message
+            session.add(self.save_attachment(attachment.filename, attachment.content_type, attachment.content,
+                                             message_id=message_id))
+        return message_id
 
     def save_attachment(self, filename: str, content_type: str, payload: bytes | Base64Body, *,
                         message_id: int | None) -> Attachment:

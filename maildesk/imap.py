@@ -39,7 +39,7 @@ DEAD_AFTER_EARLY_EMPTIES = 3  # a closed socket answers idle_check with [] at on
 CONNECT_TIMEOUT_SECONDS = 15.0
 READ_TIMEOUT_SECONDS = 120.0
 FETCH_CHUNK_BYTES = 32 * 1024 * 1024  # one BODY[] FETCH holds at most this much (or one message)
-PROCESS_GROUP = 20  # rows per pipeline transaction; a stop waits for at most one group
+PROCESS_GROUP = 50  # rows per pipeline transaction; a stop waits for at most one group (~0.2 s)
 FIRST_BACKOFF_SECONDS = 1.0
 MAX_BACKOFF_SECONDS = 60.0
 SOURCE = "imap"
@@ -308,7 +308,9 @@ class ImapPoller:
             client.idle()
             log.debug("idling on %s %s", self.endpoint, self.settings.imap_folder)
             started, early = time.monotonic(), 0
-            while not self.stop_event.is_set():
+            # Mail that arrived between our SEARCH and the IDLE is announced before the server's
+            # "+ idling"; imaplib files that EXISTS away where idle_check never looks.
+            while not announced_new_mail(client) and not self.stop_event.is_set():
                 if time.monotonic() - started >= limit:
                     log.info("re-issuing IDLE on %s after %.0f s", self.endpoint, time.monotonic() - started)
                     break
@@ -424,7 +426,7 @@ def record_oversize(engine: Engine, *, uidvalidity: int, uid: int, size: int, li
             return int(existing[0])
         reason = f"message of {size} bytes exceeds MAILDESK_MAX_MESSAGE_BYTES ({limit})"
         item = InboxItem(received_at=utcnow(), source=SOURCE, sha256=key, message_id=message_id[:1000], size=size,
-                         raw=b"", state="quarantined", reason=reason)
+                         state="quarantined", reason=reason)
         session.add(item)
         session.flush()
         assert item.id is not None

@@ -106,7 +106,7 @@ class Ticket(SQLModel, table=True):
 
 
 class InboxItem(SQLModel, table=True):
-    """A raw incoming mail, saved before anything else happens, and how far it got."""
+    """An incoming mail, saved before anything else happens, and how far it got; its bytes are an `InboxRaw`."""
 
     __tablename__ = "inbox"
     __table_args__ = (Index("ix_inbox_state_id", "state", "id"),
@@ -118,7 +118,6 @@ class InboxItem(SQLModel, table=True):
     sha256: str = Field(unique=True, max_length=64)
     message_id: str = Field(default="", max_length=1000)
     size: int = Field(default=0)
-    raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     state: str = Field(default="new", max_length=20)
     reason: str = Field(default="", sa_column=Column(Text, nullable=False))
     attempts: int = Field(default=0)
@@ -127,6 +126,16 @@ class InboxItem(SQLModel, table=True):
     processed_at: datetime | None = _when(nullable=True)  # type: ignore[assignment]
     ticket_id: int | None = Field(default=None, foreign_key="tickets.id")
     sender: str = Field(default="", max_length=320)
+
+
+class InboxRaw(SQLModel, table=True):
+    """The raw bytes of an inbox row, apart from it: SQLite rewrites a whole row, blob and all, on
+    every UPDATE, and an inbox row changes state at least twice (claimed, then processed)."""
+
+    __tablename__ = "inbox_raw"
+
+    inbox_id: int = Field(foreign_key="inbox.id", primary_key=True)
+    raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
 
 
 class Message(SQLModel, table=True):

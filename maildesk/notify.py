@@ -24,7 +24,7 @@ from maildesk.config import Settings
 from maildesk.core.effort import format_effort
 from maildesk.core.tokens import make_token, message_id_with_token, reply_address
 from maildesk.core.workflow import Audience
-from maildesk.models import Message, Organisation, OutboxItem, Ticket, User
+from maildesk.models import Message, OutboxItem, Ticket, User
 from maildesk.render import Renderer
 from maildesk.states import possible_for
 
@@ -75,7 +75,7 @@ class Notifier:
         if user is not None and user.language:
             return user.language
         if user is not None and user.organisation_id is not None:
-            organisation = session.get(Organisation, user.organisation_id)
+            organisation = store.organisation(user.organisation_id, session=session)
             if organisation is not None and organisation.language:
                 return organisation.language
         return self.settings.language
@@ -98,10 +98,10 @@ class Notifier:
 
     def notify(self, ticket: Ticket, notices: Iterable[tuple[str, Audience]], *, session: Session,
                actor: str, now: datetime, thread: Thread, extra: Mapping[str, Any] | None = None,
-               already: set[str] | None = None) -> list[OutboxItem]:
+               already: set[str] | None = None) -> list[int]:
         """Queue each notice for its audience, skipping the actor and anyone already told."""
         told = already if already is not None else set()
-        queued: list[OutboxItem] = []
+        queued: list[int] = []
         for template, audience in notices:
             for user in self.audience(ticket, audience, actor, session=session):
                 if user.address in told or (user.address == actor and audience != Audience.ACTOR):
@@ -113,8 +113,8 @@ class Notifier:
 
     def queue(self, template: str, recipient: Recipient, *, ticket: Ticket | None, session: Session,
               actor: str, now: datetime, thread: Thread, extra: Mapping[str, Any] | None = None,
-              token_purpose: str | None = None) -> OutboxItem:
-        """Render one notification for one person and add it to the outbox (and the thread).
+              token_purpose: str | None = None) -> int:
+        """Render one notification for one person and add it to the outbox (and the thread); the outbox id.
 
         Mail about a ticket carries the recipient's reply token in its Reply-To and its
         Message-ID, so that the answer proves which notification it answers, and to whom it went.
@@ -125,30 +125,23 @@ class Notifier:
         context.update(extra or {})
         rendered = self.renderer.render(template, recipient.language, context)
         references = tuple(dict.fromkeys(ref for ref in (*thread.references, thread.in_reply_to) if ref))
-        item = OutboxItem(
-            ticket_id=ticket.id if ticket is not None else None,
-            message_id=message_id,
-            in_reply_to=thread.in_reply_to,
-            references=" ".join(references),
-            to_addresses=json.dumps([recipient.address]),
-            reply_to=reply_to,
-            subject=header_safe(rendered.subject, 300),
-            template=template,
-            language=recipient.language,
-            body_text=rendered.text,
-            body_html=rendered.html,
-            status="failed" if NEVER_MAIL.match(recipient.address) else "pending",
-            last_error="never mailed: a machine address" if NEVER_MAIL.match(recipient.address) else "",
-            next_attempt_at=now,
-            created_at=now,
-        )
-        session.add(item)
+        never = NEVER_MAIL.match(recipient.address) is not None
+        subject = header_safe(rendered.subject, 300)
+        ticket_id = ticket.id if ticket is not None else None
+        outbox_id = store.insert_row(
+            OutboxItem, session=session, ticket_id=ticket_id, message_id=message_id,
+            in_reply_to=thread.in_reply_to, references=" ".join(references),
+            to_addresses=json.dumps([recipient.address]), reply_to=reply_to, subject=subject, template=template,
+            language=recipient.language, body_text=rendered.text, body_html=rendered.html,
+            status="failed" if never else "pending", attempts=0,
+            last_error="never mailed: a machine address" if never else "", recipient_results="{}",
+            next_attempt_at=now, created_at=now)
         if ticket is not None:  # the thread shows outgoing mail too; linked by its Message-ID
-            session.add(Message(ticket_id=ticket.id, direction="out", message_id=item.message_id,
-                                in_reply_to=item.in_reply_to, sender=self.settings.support_address,
-                                subject=item.subject, new_text=rendered.text, full_text=rendered.text,
-                                created_at=now, internal=recipient.role != "customer"))
-        return item
+            store.insert_row(Message, session=session, ticket_id=ticket_id, direction="out", message_id=message_id,
+                             in_reply_to=thread.in_reply_to, sender=self.settings.support_address, subject=subject,
+                             new_text=rendered.text, full_text=rendered.text, created_at=now,
+                             internal=recipient.role != "customer", unverified=False, outbox_id=outbox_id)
+        return outbox_id
 
     def addresses(self, ticket: Ticket | None, recipient: Recipient, purpose: str) -> tuple[str, str]:
         """Reply-To and Message-ID: with the recipient's token when the mail is about a ticket."""
@@ -183,7 +176,7 @@ class Notifier:
 
 def ticket_context(ticket: Ticket, *, session: Session) -> dict[str, Any]:
     reporter = store.find_user(ticket.reporter, session=session)
-    organisation = session.get(Organisation, ticket.organisation_id) if ticket.organisation_id else None
+    organisation = store.organisation(ticket.organisation_id, session=session)
     return {
         "key": ticket.key,
         "summary": ticket.summary,

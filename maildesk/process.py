@@ -12,30 +12,30 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from email.utils import getaddresses
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import insert, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from maildesk import store
+from maildesk import rows, store
 from maildesk.config import Settings
 from maildesk.core.mail import InboundMail
 from maildesk.core.classify import classify
 from maildesk.core.route import NewTicket, Reply, Route, route, subject_key, thread_ids
 from maildesk.handle import Handled, MailHandler
-from maildesk.models import InboxItem, utcnow
+from maildesk.models import InboxItem, InboxRaw, utcnow
 from maildesk.notify import LOOP_HEADER, Notifier
-from maildesk.parse import ParseError, parse_mail
+from maildesk.parse_worker import MAX_ATTEMPTS, InProcessParser, Parsed, ProcessParser
 from maildesk.render import Renderer, default_templates_dir
 from maildesk.verify import Sender, examine
 
 log = logging.getLogger("maildesk.process")
-MAX_ATTEMPTS = 3
 CLAIM_LEASE = timedelta(minutes=10)
 
 
@@ -72,11 +72,13 @@ class Pipeline:
     """Everything a transport needs to turn raw mail into tickets and outbox rows."""
 
     def __init__(self, settings: Settings, engine: Engine, *, renderer: Renderer | None = None,
-                 clock: Callable[[], datetime] = utcnow, worker: str = "maildesk") -> None:
+                 clock: Callable[[], datetime] = utcnow, worker: str = "maildesk",
+                 parser: InProcessParser | ProcessParser | None = None) -> None:
         self.settings = settings
         self.engine = engine
         self.clock = clock
         self.worker = worker
+        self.parser = parser or InProcessParser()
         self.notifier = Notifier(settings, renderer or Renderer(default_templates_dir(), settings.template_cache_dir))
         self.handler = MailHandler(settings, self.notifier)
 
@@ -104,10 +106,14 @@ class Pipeline:
             fresh: dict[str, InboxItem] = {}
             for raw, digest in zip(raws, digests):
                 if digest not in known and digest not in fresh:
-                    fresh[digest] = InboxItem(received_at=now, source=source, sha256=digest, size=len(raw), raw=raw,
+                    fresh[digest] = InboxItem(received_at=now, source=source, sha256=digest, size=len(raw),
                                               message_id=quick_message_id(raw))
             session.add_all(fresh.values())
             session.flush()
+            if fresh:
+                raws_by_digest = dict(zip(digests, raws))
+                session.connection().execute(insert(InboxRaw.__table__), [  # type: ignore[attr-defined]
+                    {"inbox_id": item.id, "raw": raws_by_digest[digest]} for digest, item in fresh.items()])
             results = []
             for digest in digests:
                 if digest in known:
@@ -128,7 +134,7 @@ class Pipeline:
     def ingest(self, raw: bytes, source: str) -> Outcome | None:
         """Store and process one message; None when it was already stored and handled."""
         stored = self.store_raw(raw, source)
-        return self.process_inbox_item(stored.inbox_id)
+        return self.process_many([stored.inbox_id], raws={stored.inbox_id: raw})[0]
 
     def claim(self, inbox_ids: list[int]) -> list[int]:
         """Take rows for processing; rows another worker has, or that are done, are left out.
@@ -153,70 +159,65 @@ class Pipeline:
         """Process one stored row end to end; never raises for a bad message."""
         return self.process_many([inbox_id])[0]
 
-    def process_many(self, inbox_ids: list[int]) -> list[Outcome | None]:
+    def process_many(self, inbox_ids: list[int], *, raws: dict[int, bytes] | None = None) -> list[Outcome | None]:
         """Process stored rows in one transaction, each in its own savepoint.
 
         A message that breaks is rolled back alone and marked failed (quarantined after
-        MAX_ATTEMPTS); the others go on. None for a row that was not ours to process.
+        MAX_ATTEMPTS); the others go on. None for a row that was not ours to process. `raws`
+        are bytes the caller already holds for some of the rows (they are not read back).
         """
         claimed = self.claim(inbox_ids) if inbox_ids else []
         if not claimed:
             return [None] * len(inbox_ids)
         started = time.perf_counter()
+        held = raws or {}
         with store.transaction(self.engine) as session:
-            rows = {row.id: row for row in session.execute(
-                select(InboxItem.id, InboxItem.raw, InboxItem.attempts).where(InboxItem.id.in_(claimed)))}  # type: ignore[union-attr]
-        parsed = {inbox_id: self._parse(rows[inbox_id].raw, rows[inbox_id].attempts) for inbox_id in claimed}
+            attempts = dict(session.execute(select(InboxItem.id, InboxItem.attempts)  # type: ignore[call-overload]
+                                            .where(InboxItem.id.in_(claimed))).all())  # type: ignore[union-attr]
+            missing = [inbox_id for inbox_id in claimed if inbox_id not in held]
+            read = dict(session.execute(select(InboxRaw.inbox_id, InboxRaw.raw)  # type: ignore[call-overload]
+                                        .where(InboxRaw.inbox_id.in_(missing))).all()) if missing else {}  # type: ignore[attr-defined]
+        unique = list(dict.fromkeys(claimed))  # a mail twice in a folder is one row: handled once
+        raw_bytes = [held.get(inbox_id) or read.pop(inbox_id, b"") for inbox_id in unique]
+        del read  # the helper has its copies; the big ones need not stay here meanwhile
+        senders = [quick_sender(raw) for raw in raw_bytes]
+        parsed = self.parser.parse_many(raw_bytes, [attempts[inbox_id] for inbox_id in unique])
+        del raw_bytes
         outcomes: dict[int, Outcome] = {}
         with store.transaction(self.engine) as session:
-            for inbox_id in claimed:
-                outcomes[inbox_id] = self._process_one(inbox_id, parsed[inbox_id], rows[inbox_id].attempts,
-                                                       session, started)
+            store.preload_users(senders, session=session)
+            for inbox_id, mail in zip(unique, parsed):
+                outcomes[inbox_id] = self._process_one(inbox_id, mail, attempts[inbox_id], session, started)
         for outcome in outcomes.values():
             _log_outcome(outcome)
         return [outcomes.get(inbox_id) for inbox_id in inbox_ids]
 
-    def _parse(self, raw: bytes, attempts: int) -> InboundMail | tuple[str, bool]:
-        """The parsed mail, or (reason, quarantine now?) when it cannot be parsed."""
-        try:
-            return parse_mail(raw)
-        except ParseError as error:
-            return f"cannot parse: {error}", True
-        except Exception as error:  # a parser bug must not stop the loop
-            return f"parser error: {type(error).__name__}: {error}", attempts >= MAX_ATTEMPTS
-
-    def _process_one(self, inbox_id: int, mail: InboundMail | tuple[str, bool], attempts: int, session: Session,
+    def _process_one(self, inbox_id: int, mail: Parsed, attempts: int, session: Session,
                      started: float) -> Outcome:
-        item = session.get(InboxItem, inbox_id)
-        assert item is not None
         if isinstance(mail, tuple):
             reason, quarantine = mail
-            return self._mark_failed(item, reason, quarantine, "", session, started)
+            return self._mark_failed(inbox_id, reason, quarantine, "", session, started)
         try:
             with session.begin_nested():
-                handled = self._handle(mail, item, session)
-                item.state, item.reason, item.processed_at = handled.state, handled.reason[:2000], self.clock()
-                item.ticket_id, item.sender, item.claimed_by = handled.ticket_id, mail.from_address[:320], None
-                session.add(item)
+                handled = self._handle(mail, inbox_id, session)
+                _set_state(session, inbox_id, state=handled.state, reason=handled.reason[:2000],
+                           processed_at=self.clock(), ticket_id=handled.ticket_id, sender=mail.from_address[:320],
+                           claimed_by=None)
         except Exception as error:
             log.exception("message %s failed", mail.message_id or f"inbox:{inbox_id}")
             store.forget_cached(session=session)
-            item = session.get(InboxItem, inbox_id)
-            assert item is not None
-            return self._mark_failed(item, f"{type(error).__name__}: {error}", attempts >= MAX_ATTEMPTS,
+            return self._mark_failed(inbox_id, f"{type(error).__name__}: {error}", attempts >= MAX_ATTEMPTS,
                                      mail.message_id, session, started)
         return Outcome(inbox_id, handled.state, handled.ticket_key, handled.reason, mail.message_id,
                        (time.perf_counter() - started) * 1000)
 
-    def _mark_failed(self, item: InboxItem, reason: str, quarantine: bool, message_id: str, session: Session,
+    def _mark_failed(self, inbox_id: int, reason: str, quarantine: bool, message_id: str, session: Session,
                      started: float) -> Outcome:
         state = State.QUARANTINED.value if quarantine else State.FAILED.value
-        item.state, item.reason, item.claimed_by = state, reason[:2000], None
-        session.add(item)
-        assert item.id is not None
-        return Outcome(item.id, state, None, reason, message_id, (time.perf_counter() - started) * 1000)
+        _set_state(session, inbox_id, state=state, reason=reason[:2000], claimed_by=None)
+        return Outcome(inbox_id, state, None, reason, message_id, (time.perf_counter() - started) * 1000)
 
-    def _handle(self, mail: InboundMail, item: InboxItem, session: Session) -> Handled:
+    def _handle(self, mail: InboundMail, inbox_id: int, session: Session) -> Handled:
         """Classify, identify, route, then hand the mail to the handler for its route."""
         now = self.clock()
         classification = classify(mail, support_address=self.settings.support_address,
@@ -229,13 +230,13 @@ class Pipeline:
         address = sender.identity.address or mail.from_address
         user = store.find_user(address, session=session) if address else None
         if classification.is_machine:
-            return self.handler.machine_mail(mail, item, ticket, user, classification, session=session, now=now)
+            return self.handler.machine_mail(mail, inbox_id, ticket, user, classification, session=session, now=now)
         if user is None or not sender.evidence.from_trusted:
-            return self.handler.unknown_sender(mail, item, sender, session=session, now=now)
+            return self.handler.unknown_sender(mail, inbox_id, sender, session=session, now=now)
         if ticket is not None:
-            return self.handler.reply(mail, item, ticket, user, sender, session=session, now=now)
+            return self.handler.reply(mail, inbox_id, ticket, user, sender, session=session, now=now)
         new_type = decision.type if isinstance(decision, NewTicket) else None
-        return self.handler.new_ticket(mail, item, user, new_type, session=session, now=now)
+        return self.handler.new_ticket(mail, inbox_id, user, new_type, session=session, now=now)
 
     def _route(self, mail: InboundMail, sender: Sender, *, session: Session) -> Route:
         """The core's routing rule, given what only the database knows: which keys exist, and
@@ -266,13 +267,29 @@ class Pipeline:
         return [row[0] for row in rows]
 
 
-def quick_message_id(raw: bytes) -> str:
-    """The Message-ID header from the raw bytes, for logs before the mail is parsed."""
+def _set_state(session: Session, inbox_id: int, **values: object) -> None:
+    """Record how far a row got (Core: the ORM would load the whole row, raw bytes and all)."""
+    rows.update_by_id(InboxItem, inbox_id, values, session=session)
+
+
+def quick_sender(raw: bytes) -> str:
+    """The From address from the raw header, lower-cased: a guess that only warms the user cache
+    (the parsed mail's address is what counts)."""
+    value = _quick_header(raw, b"from:")
+    return getaddresses([value])[0][1].lower() if value else ""
+
+
+def _quick_header(raw: bytes, name: bytes) -> str:
     head = raw[:65536].split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
     for line in head.splitlines():
-        if line[:11].lower() == b"message-id:":
-            return line[11:].strip().decode("ascii", "replace").replace("\x00", "")[:1000]  # PostgreSQL text: no NUL
+        if line[:len(name)].lower() == name:
+            return line[len(name):].strip().decode("ascii", "replace")
     return ""
+
+
+def quick_message_id(raw: bytes) -> str:
+    """The Message-ID header from the raw bytes, for logs before the mail is parsed."""
+    return _quick_header(raw, b"message-id:").replace("\x00", "")[:1000]  # PostgreSQL text: no NUL
 
 
 def _log_outcome(outcome: Outcome) -> None:

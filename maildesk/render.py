@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from jinja2 import Environment, FileSystemBytecodeCache, FileSystemLoader, StrictUndefined
+from jinja2 import Environment, FileSystemBytecodeCache, FileSystemLoader, StrictUndefined, Template
 
 LANGUAGES: tuple[str, ...] = ("lv", "en")
 TEMPLATES: tuple[str, ...] = (
@@ -95,6 +95,18 @@ def latvian_keyword(keyword: str) -> str:
     return LATVIAN_KEYWORDS.get(keyword, keyword)
 
 
+class _Template(Template):
+    """Jinja's template, minus a per-import cost that buys us nothing.
+
+    Each `{% import %}` asks whether the importing context carries globals of its own, by a set
+    difference over a ChainMap (17 % of rendering a notification); ours never do: every global
+    is the environment's, so the imported module can always be the cached one.
+    """
+
+    def _get_default_module(self, ctx: Any = None) -> Any:
+        return super()._get_default_module(None)
+
+
 def _environment(templates_dir: Path, *, autoescape: bool, cache_dir: Path | None) -> Environment:
     bytecode_cache = None
     if cache_dir is not None:
@@ -105,10 +117,12 @@ def _environment(templates_dir: Path, *, autoescape: bool, cache_dir: Path | Non
         bytecode_cache=bytecode_cache,
         autoescape=autoescape,
         undefined=StrictUndefined,
+        auto_reload=False,  # templates are files of the release: no stat() per rendered mail
         keep_trailing_newline=True,
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    environment.template_class = _Template
     environment.globals["mailto"] = mailto
     environment.filters["one_line"] = one_line
     environment.filters["lv_keyword"] = latvian_keyword

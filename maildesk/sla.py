@@ -78,8 +78,12 @@ def default_level(name: str) -> Level:
 
 
 def find_level(name: str, *, session: Session) -> ServiceLevel | None:
-    query = select(ServiceLevel).where(ServiceLevel.name == name.strip())
-    return session.execute(query).scalars().first()
+    """The level's row; remembered for the session (every new ticket asks), a miss too."""
+    cache: dict[str, ServiceLevel | None] = session.info.setdefault("levels", {})
+    name = name.strip()
+    if name not in cache:
+        cache[name] = session.execute(select(ServiceLevel).where(ServiceLevel.name == name)).scalars().first()
+    return cache[name]
 
 
 def level_named(name: str, *, session: Session, settings: Settings) -> Level:
@@ -93,7 +97,7 @@ def level_named(name: str, *, session: Session, settings: Settings) -> Level:
 
 def level_for(ticket: Ticket, *, session: Session, settings: Settings) -> Level:
     """The ticket's organisation's level, else the default level."""
-    organisation = session.get(Organisation, ticket.organisation_id) if ticket.organisation_id else None
+    organisation = store.organisation(ticket.organisation_id, session=session)
     name = organisation.service_level if organisation and organisation.service_level else None
     if name and find_level(name, session=session) is not None:
         return level_named(name, session=session, settings=settings)
@@ -114,9 +118,16 @@ def calendar_for(level: Level, around: datetime, *, session: Session) -> Busines
     year = around.year
     years = tuple(range(year + YEARS_AROUND[0], year + YEARS_AROUND[1] + 1))
     public, worked = _public_days(level.holidays, years)
-    extra = frozenset(session.execute(select(ClosedDay.day)).scalars())
+    extra = closed_days(session=session)
     return BusinessCalendar(level.timezone, {day: (opens, closes) for day, opens, closes in level.hours},
                             closed=public | extra, open_dates=worked - extra)
+
+
+def closed_days(*, session: Session) -> frozenset[date]:
+    """The days the desk closed, read once per session (every deadline computation needs them)."""
+    if "closed_days" not in session.info:
+        session.info["closed_days"] = frozenset(session.execute(select(ClosedDay.day)).scalars())
+    return frozenset(session.info["closed_days"])
 
 
 def add_level(name: str, *, session: Session, first_response: str, work_start: str, acceptance_term: str,
@@ -135,6 +146,7 @@ def add_level(name: str, *, session: Session, first_response: str, work_start: s
         raise SlaError("a service level needs a name of 1-100 characters")
     session.add(row)
     session.flush()
+    session.info.pop("levels", None)
     return level
 
 
@@ -152,6 +164,7 @@ def close_day(day: date, reason: str, *, session: Session, now: datetime) -> boo
         return False
     session.add(ClosedDay(day=day, reason=reason[:200], created_at=now))
     session.flush()
+    session.info.pop("closed_days", None)
     return True
 
 

@@ -10,14 +10,15 @@ from datetime import datetime, timedelta
 
 from sqlmodel import Session
 
+from maildesk import store
 from maildesk.core.workflow import Actor, Role, Status, TicketState, possible_commands
-from maildesk.models import Organisation, Ticket, User
+from maildesk.models import Ticket, User
 
 
 def actor_of(user: User, *, session: Session) -> Actor:
     organisation = None
     if user.organisation_id is not None:
-        row = session.get(Organisation, user.organisation_id)
+        row = store.organisation(user.organisation_id, session=session)
         organisation = row.name if row else None
     role = Role(user.role) if user.role in {role.value for role in Role} else Role.CUSTOMER
     return Actor(address=user.address, role=role, organisation=organisation, responsible=user.responsible)
@@ -26,7 +27,7 @@ def actor_of(user: User, *, session: Session) -> Actor:
 def state_of(ticket: Ticket, *, session: Session) -> TicketState:
     organisation = None
     if ticket.organisation_id is not None:
-        row = session.get(Organisation, ticket.organisation_id)
+        row = store.organisation(ticket.organisation_id, session=session)
         organisation = row.name if row else None
     return TicketState(key=ticket.key, status=Status(ticket.status), reporter=ticket.reporter,
                        organisation=organisation, agent=ticket.agent, type=ticket.type,

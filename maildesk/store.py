@@ -7,7 +7,8 @@ events and its outbox rows commit together or not at all.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -18,8 +19,9 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import event, func, select
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, create_engine
+from sqlmodel import Session, SQLModel, create_engine
 
+from maildesk import rows
 from maildesk.models import Event, Message, Organisation, OutboxItem, Ticket, User
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -112,6 +114,17 @@ def find_user(address: str, *, session: Session) -> User | None:
     return cache[address]
 
 
+def preload_users(addresses: Iterable[str], *, session: Session) -> None:
+    """Look up a batch's senders in one query (and remember who is unknown), before the mails
+    ask for them one by one."""
+    cache: dict[str, User | None] = session.info.setdefault("users", {})
+    wanted = {address.lower() for address in addresses if address} - cache.keys()
+    if not wanted:
+        return
+    found = {user.address: user for user in session.exec(select(User).where(User.address.in_(wanted))).scalars()}  # type: ignore[call-overload, attr-defined]
+    cache.update({address: found.get(address) for address in wanted})
+
+
 def forget_users(*, session: Session) -> None:
     """Drop the session's user cache (after users were added or changed in it)."""
     session.info.pop("users", None)
@@ -121,7 +134,19 @@ def forget_users(*, session: Session) -> None:
 def forget_cached(*, session: Session) -> None:
     """Drop every lookup cache of the session (after a savepoint was rolled back)."""
     forget_users(session=session)
-    session.info.pop("tickets", None)
+    for name in ("tickets", "organisations", "levels", "closed_days"):
+        session.info.pop(name, None)
+
+
+def organisation(organisation_id: int | None, *, session: Session) -> Organisation | None:
+    """The organisation with this id, held for the session: the identity map keeps rows only
+    while someone references them, and one mail asks for the same few many times."""
+    if organisation_id is None:
+        return None
+    cache: dict[int, Organisation | None] = session.info.setdefault("organisations", {})
+    if organisation_id not in cache:
+        cache[organisation_id] = session.get(Organisation, organisation_id)
+    return cache[organisation_id]
 
 
 def find_organisation(name: str, *, session: Session) -> Organisation | None:
@@ -139,6 +164,11 @@ def find_ticket(key: str, *, session: Session) -> Ticket | None:
             return None
         found[key] = ticket
     return found[key]
+
+
+def remember_ticket(ticket: Ticket, *, session: Session) -> None:
+    """A ticket created in this session: a reply later in the same batch finds it without a query."""
+    session.info.setdefault("tickets", {})[ticket.key.upper()] = ticket
 
 
 def ticket_key_by_message_ids(message_ids: Sequence[str], *, session: Session) -> str | None:
@@ -167,11 +197,16 @@ def responsible_representatives(organisation_id: int | None, *, session: Session
 
 
 def add_event(*, session: Session, ticket_id: int | None, at: datetime, actor: str, command: str,
-              from_status: str = "", to_status: str = "", outcome: str = "applied", reason: str = "") -> Event:
-    row = Event(ticket_id=ticket_id, at=at, actor=actor, command=command[:300], from_status=from_status,
-                to_status=to_status, outcome=outcome, reason=reason)
-    session.add(row)
-    return row
+              from_status: str = "", to_status: str = "", outcome: str = "applied", reason: str = "") -> None:
+    insert_row(Event, session=session, ticket_id=ticket_id, at=at, actor=actor, command=command[:300],
+               from_status=from_status, to_status=to_status, outcome=outcome, reason=reason)
+
+
+def insert_row(table: type[SQLModel], *, session: Session, **values: Any) -> int:
+    """Insert one append-only row (an event, a message, outbox mail) in the session's transaction;
+    its id. These rows are never read back through the ORM in the transaction that writes them,
+    so they skip the unit of work: per mail that was most of the pipeline's database time."""
+    return rows.insert_one(table, values, session=session)
 
 
 def outbox_recipients(item: OutboxItem) -> list[str]:

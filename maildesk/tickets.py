@@ -11,15 +11,17 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import select
+from sqlalchemy.orm import make_transient_to_detached
 from sqlmodel import Session
 
-from maildesk import deadlines, store
+from maildesk import deadlines, rows, store
 from maildesk.config import Settings
 from maildesk.core.workflow import Audience, Command, Decision, DEFAULT_TYPE, Holder, Rejected, Role, Status
 from maildesk.models import Event, Ticket, User
 from maildesk.notify import Notifier, Thread, new_message_id
 
 CREATED = "CREATE"
+TICKET_COLUMNS = tuple(column.name for column in Ticket.__table__.columns if column.name != "id")  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -34,20 +36,26 @@ class NewTicketData:
 
 def create_ticket(data: NewTicketData, *, session: Session, settings: Settings, now: datetime,
                   actor: str) -> Ticket:
-    """A new OPEN ticket in the agents' queue; the key comes from its never-reused id."""
+    """A new OPEN ticket in the agents' queue; the key comes from its never-reused id.
+
+    The row is written whole, deadlines included, with one INSERT and the key's UPDATE; the
+    ticket then joins the session as a persistent object, so later changes are saved with it.
+    """
     ticket = Ticket(key=f"new-{secrets.token_hex(8)}", type=data.type or DEFAULT_TYPE,  # until the id is known
                     summary=data.summary.strip()[:1000] or "(no subject)", description=data.description,
                     status=Status.OPEN.value, reporter=data.reporter.address,
                     organisation_id=data.reporter.organisation_id, holder=Holder.QUEUE.value,
                     channel=data.channel, thread_id=data.thread_id, created_at=now, updated_at=now,
-                    status_changed_at=now)
-    session.add(ticket)
-    session.flush()
+                    status_changed_at=now, estimate_version=0)
+    deadlines.on_status_change(ticket, session=session, settings=settings, now=now)
+    ticket.id = rows.insert_one(Ticket, {name: getattr(ticket, name) for name in TICKET_COLUMNS}, session=session)
     ticket.key = f"{settings.ticket_prefix}-{ticket.id}"
+    rows.update_by_id(Ticket, ticket.id, {"key": ticket.key}, session=session)
+    make_transient_to_detached(ticket)
     session.add(ticket)
+    store.remember_ticket(ticket, session=session)
     store.add_event(session=session, ticket_id=ticket.id, at=now, actor=actor, command=CREATED,
                     to_status=Status.OPEN.value, reason=f"opened by {data.channel}")
-    deadlines.on_status_change(ticket, session=session, settings=settings, now=now)
     return ticket
 
 

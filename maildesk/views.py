@@ -8,8 +8,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlmodel import Session
 
+from maildesk import store
 from maildesk.deadlines import deadline_view
-from maildesk.models import Event, Message, Organisation, OutboxItem, Ticket, User
+from maildesk.models import Event, Message, OutboxItem, Ticket, User
 
 
 def ticket_summary(ticket: Ticket) -> dict[str, Any]:
@@ -18,7 +19,7 @@ def ticket_summary(ticket: Ticket) -> dict[str, Any]:
 
 
 def ticket_detail(ticket: Ticket, *, session: Session) -> dict[str, Any]:
-    organisation = session.get(Organisation, ticket.organisation_id) if ticket.organisation_id else None
+    organisation = store.organisation(ticket.organisation_id, session=session)
     events = session.execute(select(Event).where(Event.ticket_id == ticket.id).order_by(Event.id)).scalars()
     messages = session.execute(select(Message).where(Message.ticket_id == ticket.id).order_by(Message.id)).scalars()
     return {

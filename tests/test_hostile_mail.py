@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 from maildesk.handle import MailHandler
-from maildesk.models import Attachment, InboxItem, OutboxItem, Ticket
+from maildesk.models import Attachment, InboxItem, InboxRaw, OutboxItem, Ticket
 from maildesk.outbox import build_message
 from maildesk.process import MAX_ATTEMPTS
 from tests.daemon_harness import DaemonProcess, wait_until
@@ -599,7 +599,8 @@ def test_a_60_mb_mail_is_never_fetched_and_leaves_the_daemons_memory_alone(
     assert dovecot.count("INBOX") == 0
     assert daemon_memory(process, "VmHWM") < peak_before + 50
     (row,) = desk.rows(InboxItem, InboxItem.message_id == "<huge@acme.example>")
-    assert row.state == "quarantined" and row.raw == b"" and "exceeds MAILDESK_MAX_MESSAGE_BYTES" in row.reason
+    assert row.state == "quarantined" and "exceeds MAILDESK_MAX_MESSAGE_BYTES" in row.reason
+    assert desk.rows(InboxRaw, InboxRaw.inbox_id == row.id) == []  # never fetched, so no bytes stored
     assert row.size > 60 * 1024 * 1024
 
 

@@ -27,7 +27,8 @@ def sqlite_people(tmp_path: Path) -> Desk:
 
 def inbox(desk: Desk) -> list[tuple]:
     with sqlite3.connect(desk.directory / "var" / "maildesk.db") as connection:
-        return connection.execute("select sha256, raw, state, reason from inbox order by id").fetchall()
+        return connection.execute("select sha256, raw, state, reason from inbox join inbox_raw on inbox_id = id "
+                                  "order by id").fetchall()
 
 
 def test_every_public_corpus_message_is_kept_with_its_raw_bytes(sqlite_people: Desk) -> None:

@@ -7,6 +7,7 @@ import binascii
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import datetime
 from typing import Final
 
@@ -127,15 +128,19 @@ class InboundMail:
 
     def header(self, name: str) -> str:
         """The first value of a header, '' when absent (names compare case-insensitively)."""
-        wanted = name.lower()
-        for key, value in self.headers:
-            if key.lower() == wanted:
-                return value
-        return ""
+        values = self._by_name.get(name.lower())
+        return values[0] if values else ""
 
     def header_values(self, name: str) -> list[str]:
-        wanted = name.lower()
-        return [value for key, value in self.headers if key.lower() == wanted]
+        return list(self._by_name.get(name.lower(), ()))
+
+    @cached_property
+    def _by_name(self) -> dict[str, list[str]]:
+        """Values by lower-case header name: classifying and verifying ask for dozens of headers."""
+        index: dict[str, list[str]] = {}
+        for key, value in self.headers:
+            index.setdefault(key.lower(), []).append(value)
+        return index
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,121 @@
+"""Parsing beside the pipeline: the parse stage of a batch runs in a helper process.
+
+Flow: inbox rows -> **parse (here, in another process)** -> route -> ... in the main process.
+Parsing and quote stripping are the CPU-heaviest stage (a few ms per mail) and need no
+database; with them on the second core the main process routes, stores and renders the mails
+already parsed while the next ones are read. `Pipeline.process_many` hands a batch to
+`ProcessParser.parse_many` and handles each result as it arrives, in order.
+
+A batch of one mail (the LMTP listener, `maildesk ingest`) is parsed in-process: the round
+trip would only add latency. If the helper dies (a parser crash, the OOM killer) the batch is
+parsed in-process instead and a new helper starts with the next batch; nothing is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+from maildesk.core.mail import InboundMail
+from maildesk.parse import ParseError, parse_mail
+
+log = logging.getLogger("maildesk.parse_worker")
+MAX_ATTEMPTS = 3
+CHUNK = 4  # mails per round trip to the helper: fewer trips, yet the first result comes soon
+PARENT_CHECK_SECONDS = 1.0
+
+Parsed = InboundMail | tuple[str, bool]  # the mail, or (reason, quarantine now?)
+
+
+def parse_or_reason(raw: bytes, attempts: int) -> Parsed:
+    """The parsed mail, or why it cannot be parsed and whether to quarantine it at once."""
+    try:
+        return parse_mail(raw)
+    except ParseError as error:
+        return f"cannot parse: {error}", True
+    except Exception as error:  # a parser bug must not stop the loop
+        return f"parser error: {type(error).__name__}: {error}", attempts >= MAX_ATTEMPTS
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Runs in each helper: leave when the daemon is gone. A helper holds both ends of its task
+    queue, so a daemon killed with SIGKILL would otherwise leave it waiting forever (systemd
+    ends the whole control group, a terminal or a test harness does not)."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_SECONDS)
+        os._exit(0)
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+class InProcessParser:
+    """Parses in the calling thread: pipe mode, tests, and MAILDESK_PARSE_PROCESSES=0."""
+
+    def parse_many(self, raws: Sequence[bytes], attempts: Sequence[int]) -> Iterator[Parsed]:
+        return map(parse_or_reason, raws, attempts)
+
+    def close(self) -> None:
+        """Nothing runs beside us."""
+
+
+class ProcessParser:
+    """Parses batches in `processes` helper processes, started on first use (spawn: the daemon
+    has threads, which a fork would copy mid-flight)."""
+
+    def __init__(self, processes: int) -> None:
+        self.processes = processes
+        self._pool: ProcessPoolExecutor | None = None
+
+    def start(self) -> None:
+        """Start the helpers now (the daemon does, so the first mail does not wait for them).
+
+        Where no helper can be started (no /dev/shm, a sandbox refusing it) parsing stays in-process.
+        """
+        try:
+            self._executor().submit(int).result()
+        except (OSError, BrokenProcessPool) as error:
+            log.warning("cannot start a parser process (%s); parsing in the daemon's own process", error)
+            self._discard()
+            self.processes = 0
+
+    def parse_many(self, raws: Sequence[bytes], attempts: Sequence[int]) -> Iterator[Parsed]:
+        if len(raws) < 2 or self.processes == 0:
+            return map(parse_or_reason, raws, attempts)
+        return self._parse_in_helper(raws, attempts)
+
+    def _parse_in_helper(self, raws: Sequence[bytes], attempts: Sequence[int]) -> Iterator[Parsed]:
+        done = 0
+        try:
+            for result in self._executor().map(parse_or_reason, raws, attempts, chunksize=CHUNK):
+                done += 1
+                yield result
+        except BrokenProcessPool:
+            log.error("the parser process died; parsing %d mail(s) of this batch in-process", len(raws) - done)
+            self._discard()
+            yield from map(parse_or_reason, raws[done:], attempts[done:])
+
+    def _executor(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_exit_with_parent, initargs=(os.getpid(),))
+        return self._pool
+
+    def _discard(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def parser_for(processes: int) -> InProcessParser | ProcessParser:
+    return ProcessParser(processes) if processes > 0 else InProcessParser()

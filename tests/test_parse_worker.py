@@ -1,0 +1,74 @@
+"""The parse stage in a helper process: same mails as in-process, and a dead helper loses nothing."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from maildesk.parse_worker import InProcessParser, ProcessParser, parse_or_reason
+from tests.daemon_harness import wait_until
+from tests.mailbuilder import make_mail
+
+MAILS = [make_mail("anna@acme.example", f"Printeris {n} nedrukā", f"Labdien, printeris nr. {n} nestrādā.",
+                   to="support@desk.example") for n in range(12)]
+BROKEN = b"\x00\x01 not a mail"
+
+
+@pytest.fixture
+def helper() -> ProcessParser:
+    parser = ProcessParser(1)
+    parser.start()
+    yield parser
+    parser.close()
+
+
+def test_the_helper_parses_a_batch_exactly_as_the_daemon_itself_would(helper: ProcessParser) -> None:
+    batch = [*MAILS[:5], BROKEN, *MAILS[5:]]
+    attempts = [0] * len(batch)
+    assert list(helper.parse_many(batch, attempts)) == list(InProcessParser().parse_many(batch, attempts))
+
+
+def test_an_unparsable_mail_comes_back_as_its_reason_and_is_quarantined_at_once(helper: ProcessParser) -> None:
+    results = list(helper.parse_many([MAILS[0], BROKEN], [0, 0]))
+    assert results[1] == parse_or_reason(BROKEN, 0)
+    reason, quarantine = results[1]  # type: ignore[misc]
+    assert reason.startswith("cannot parse:") and quarantine
+
+
+def test_a_helper_that_dies_mid_batch_leaves_the_batch_parsed_in_process_and_is_replaced(
+        helper: ProcessParser) -> None:
+    (child,) = multiprocessing.active_children()
+    results = helper.parse_many(MAILS, [0] * len(MAILS))
+    os.kill(child.pid, signal.SIGKILL)  # type: ignore[arg-type]
+    assert [mail.subject for mail in results] == [mail.subject for mail in map(parse_or_reason, MAILS, [0] * 12)]
+    again = list(helper.parse_many(MAILS[:3], [0, 0, 0]))  # a new helper for the next batch
+    assert [mail.subject for mail in again] == ["Printeris 0 nedrukā", "Printeris 1 nedrukā", "Printeris 2 nedrukā"]
+    assert [process.pid for process in multiprocessing.active_children()] != [child.pid]
+
+
+def test_one_mail_is_parsed_without_a_round_trip_to_the_helper() -> None:
+    parser = ProcessParser(1)
+    try:
+        assert [mail.subject for mail in parser.parse_many(MAILS[:1], [0])] == ["Printeris 0 nedrukā"]
+        assert multiprocessing.active_children() == []  # nothing was started for it
+    finally:
+        parser.close()
+
+
+def test_a_helper_leaves_when_the_daemon_that_started_it_is_killed() -> None:
+    script = ("from maildesk.parse_worker import ProcessParser; import multiprocessing, sys; "
+              "p = ProcessParser(1); p.start(); print(multiprocessing.active_children()[0].pid, flush=True); "
+              "import time; time.sleep(60)")
+    daemon = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        helper_pid = int(daemon.stdout.readline())  # type: ignore[union-attr]
+        daemon.kill()
+        daemon.wait(10)
+        wait_until(lambda: not os.path.exists(f"/proc/{helper_pid}"), 10, what="the parser process gone")
+    finally:
+        daemon.kill()
