@@ -276,7 +276,9 @@ def quick_sender(raw: bytes) -> str:
     """The From address from the raw header, lower-cased: a guess that only warms the user cache
     (the parsed mail's address is what counts)."""
     value = _quick_header(raw, b"from:")
-    return getaddresses([value])[0][1].lower() if value else ""
+    if not value or "(" in value or len(value) > 500:  # comments recurse in the stdlib: leave odd ones to parse
+        return ""
+    return getaddresses([value])[0][1].lower()
 
 
 def _quick_header(raw: bytes, name: bytes) -> str:
