@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
 
-from sqlalchemy import insert, or_, select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
@@ -103,25 +103,20 @@ class Pipeline:
         with store.transaction(self.engine) as session:
             known: dict[str, int] = {row.sha256: row.id for row in session.execute(
                 select(InboxItem.sha256, InboxItem.id).where(InboxItem.sha256.in_(set(digests))))}  # type: ignore[attr-defined]
-            fresh: dict[str, InboxItem] = {}
+            fresh: dict[str, int] = {}
             for raw, digest in zip(raws, digests):
                 if digest not in known and digest not in fresh:
-                    fresh[digest] = InboxItem(received_at=now, source=source, sha256=digest, size=len(raw),
-                                              message_id=quick_message_id(raw))
-            session.add_all(fresh.values())
-            session.flush()
-            if fresh:
-                raws_by_digest = dict(zip(digests, raws))
-                session.connection().execute(insert(InboxRaw.__table__), [  # type: ignore[attr-defined]
-                    {"inbox_id": item.id, "raw": raws_by_digest[digest]} for digest, item in fresh.items()])
+                    fresh[digest] = rows.insert_one(InboxItem, {
+                        "received_at": now, "source": source, "sha256": digest, "size": len(raw),
+                        "message_id": quick_message_id(raw), "state": State.NEW.value, "reason": "", "attempts": 0,
+                        "sender": ""}, session=session)
+                    rows.insert_many(InboxRaw, [{"inbox_id": fresh[digest], "raw": raw}], session=session)
             results = []
             for digest in digests:
                 if digest in known:
                     results.append(Stored(known[digest], new=False))
                 else:
-                    item = fresh[digest]
-                    assert item.id is not None
-                    results.append(Stored(item.id, new=not any(r.inbox_id == item.id for r in results)))
+                    results.append(Stored(fresh[digest], new=not any(r.inbox_id == fresh[digest] for r in results)))
             return results
 
     def state_of(self, inbox_id: int) -> tuple[str, str]:

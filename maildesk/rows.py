@@ -13,12 +13,14 @@ what the ORM would store and the SQL stays portable between SQLite and PostgreSQ
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Table, bindparam, insert, update
 from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, SQLModel
 
 
@@ -38,11 +40,26 @@ def insert_one(model: type[SQLModel], values: Mapping[str, Any], *, session: Ses
     table = _table(model)
     connection, cursor = _cursor(session)
     compiled = _compiled("insert", table, tuple(values), connection.dialect)
-    try:
-        cursor.execute(compiled.sql, _parameters(compiled, values))
-        return int(cursor.lastrowid if compiled.sql.find(" RETURNING ") < 0 else cursor.fetchone()[0])
-    finally:
-        cursor.close()
+    with _errors(connection, compiled.sql):
+        try:
+            cursor.execute(compiled.sql, _parameters(compiled, values))
+            return int(cursor.lastrowid if compiled.sql.find(" RETURNING ") < 0 else cursor.fetchone()[0])
+        finally:
+            cursor.close()
+
+
+def insert_many(model: type[SQLModel], rows: Sequence[Mapping[str, Any]], *, session: Session) -> None:
+    """INSERT rows that all give the same columns, in one executemany; no ids come back."""
+    if not rows:
+        return
+    table = _table(model)
+    connection, cursor = _cursor(session)
+    compiled = _compiled("insert-many", table, tuple(rows[0]), connection.dialect)
+    with _errors(connection, compiled.sql):
+        try:
+            cursor.executemany(compiled.sql, [_parameters(compiled, values) for values in rows])
+        finally:
+            cursor.close()
 
 
 def update_by_id(model: type[SQLModel], row_id: int, values: Mapping[str, Any], *, session: Session) -> int:
@@ -50,11 +67,12 @@ def update_by_id(model: type[SQLModel], row_id: int, values: Mapping[str, Any], 
     table = _table(model)
     connection, cursor = _cursor(session)
     compiled = _compiled("update", table, tuple(values), connection.dialect)
-    try:
-        cursor.execute(compiled.sql, _parameters(compiled, {**values, "row_id": row_id}))
-        return int(cursor.rowcount)
-    finally:
-        cursor.close()
+    with _errors(connection, compiled.sql):
+        try:
+            cursor.execute(compiled.sql, _parameters(compiled, {**values, "row_id": row_id}))
+            return int(cursor.rowcount)
+        finally:
+            cursor.close()
 
 
 def first_row(statement: Any, values: Mapping[str, Any], *, session: Session) -> tuple[Any, ...] | None:
@@ -71,19 +89,22 @@ def first_row(statement: Any, values: Mapping[str, Any], *, session: Session) ->
         processors = tuple(compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect) for name in order)
         _CACHE[key] = _Compiled(str(compiled), order, processors, bool(compiled.positional))
     compiled = _CACHE[key]
-    try:
-        cursor.execute(compiled.sql, _parameters(compiled, values))
-        row = cursor.fetchone()
-        return tuple(row) if row is not None else None
-    finally:
-        cursor.close()
+    with _errors(connection, compiled.sql):
+        try:
+            cursor.execute(compiled.sql, _parameters(compiled, values))
+            row = cursor.fetchone()
+            return tuple(row) if row is not None else None
+        finally:
+            cursor.close()
 
 
 def _compiled(kind: str, table: Table, names: tuple[str, ...], dialect: Dialect) -> _Compiled:
     key = (f"{kind} {dialect.name}", table.name, names)
     if key not in _CACHE:
-        if kind == "insert":
+        if kind == "insert-many":
             statement: Any = insert(table)
+        elif kind == "insert":
+            statement = insert(table)
             if dialect.name != "sqlite":  # sqlite3 has lastrowid; the others say RETURNING
                 statement = statement.returning(table.c.id)
         else:
@@ -110,6 +131,16 @@ def _parameters(compiled: _Compiled, values: Mapping[str, Any]) -> Sequence[Any]
     converted = [value if process is None else process(value)
                  for value, process in zip((values[name] for name in compiled.names), compiled.processors)]
     return converted if compiled.positional else dict(zip(compiled.names, converted))
+
+
+@contextmanager
+def _errors(connection: Connection, sql: str) -> Iterator[None]:
+    """Driver errors as SQLAlchemy's (IntegrityError and the rest), as callers already expect."""
+    base = connection.dialect.loaded_dbapi.Error
+    try:
+        yield
+    except base as error:
+        raise DBAPIError.instance(sql, None, error, base) from error
 
 
 def _cursor(session: Session) -> tuple[Connection, Any]:

@@ -89,7 +89,10 @@ def find_level(name: str, *, session: Session) -> ServiceLevel | None:
 def level_named(name: str, *, session: Session, settings: Settings) -> Level:
     row = find_level(name, session=session)
     if row is not None:
-        return parse_level(row)
+        parsed: dict[str, Level] = session.info.setdefault("parsed_levels", {})
+        if row.name not in parsed:  # every new ticket asks; add_level forgets them
+            parsed[row.name] = parse_level(row)
+        return parsed[row.name]
     if name == settings.default_service_level:
         return default_level(name)
     raise SlaError(f"no service level {name!r}: add it with `maildesk sla add`")
@@ -147,6 +150,7 @@ def add_level(name: str, *, session: Session, first_response: str, work_start: s
     session.add(row)
     session.flush()
     session.info.pop("levels", None)
+    session.info.pop("parsed_levels", None)
     return level
 
 

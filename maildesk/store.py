@@ -134,7 +134,7 @@ def forget_users(*, session: Session) -> None:
 def forget_cached(*, session: Session) -> None:
     """Drop every lookup cache of the session (after a savepoint was rolled back)."""
     forget_users(session=session)
-    for name in ("tickets", "organisations", "levels", "closed_days"):
+    for name in ("tickets", "organisations", "levels", "parsed_levels", "closed_days"):
         session.info.pop(name, None)
 
 
