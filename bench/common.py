@@ -74,8 +74,9 @@ def base_env(workdir: Path, **extra: str) -> dict[str, str]:
     env = {"MAILDESK_DATA_DIR": str(workdir / "var"), "MAILDESK_SUPPORT_ADDRESS": SUPPORT_ADDRESS,
            "MAILDESK_ENVIRONMENT": "development", "MAILDESK_LOG_LEVEL": "warning",
            "MAILDESK_WORKER_ID": "bench", **LIMITS}
-    if "MAILDESK_PARSE_PROCESSES" in os.environ:  # to compare with parsing in-process
-        env["MAILDESK_PARSE_PROCESSES"] = os.environ["MAILDESK_PARSE_PROCESSES"]
+    for name in ("MAILDESK_PARSE_PROCESSES", "MAILDESK_LOG_LEVEL"):  # to compare, or to see each mail's log line
+        if name in os.environ:
+            env[name] = os.environ[name]
     env.update(extra)
     return env
 

@@ -15,6 +15,7 @@ The only module that imports imapclient; its types and exceptions stop here (`Im
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -308,9 +309,10 @@ class ImapPoller:
             client.idle()
             log.debug("idling on %s %s", self.endpoint, self.settings.imap_folder)
             started, early = time.monotonic(), 0
-            # Mail that arrived between our SEARCH and the IDLE is announced before the server's
-            # "+ idling"; imaplib files that EXISTS away where idle_check never looks.
-            while not announced_new_mail(client) and not self.stop_event.is_set():
+            # Mail that arrived between our SEARCH and the IDLE is announced right with the server's
+            # "+ idling": imaplib then holds that EXISTS in its own buffers (untagged responses, or
+            # the socket file's read buffer), where idle_check, which polls the socket, never looks.
+            while not (announced_new_mail(client) or unread_input(client)) and not self.stop_event.is_set():
                 if time.monotonic() - started >= limit:
                     log.info("re-issuing IDLE on %s after %.0f s", self.endpoint, time.monotonic() - started)
                     break
@@ -444,6 +446,19 @@ def announced_new_mail(client: IMAPClient) -> bool:
     (RECENT is no sign: Dovecot sends `* 0 RECENT` after a MOVE.)
     """
     return bool(client._imap.untagged_responses.pop("EXISTS", None))
+
+
+def unread_input(client: IMAPClient) -> bool:
+    """Whether the server's words already sit in imaplib's read buffer (read with an earlier line)."""
+    sock = client.socket()
+    timeout = sock.gettimeout()
+    sock.setblocking(False)
+    try:
+        return bool(client._imap.file.peek(1))  # the buffer's bytes, or one non-blocking read
+    except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):  # nothing there (TLS says so its own way)
+        return False
+    finally:
+        sock.settimeout(timeout)
 
 
 def envelope_message_id(client: IMAPClient, uid: int) -> str:
