@@ -8,6 +8,7 @@ or SIGINT lets the message in hand finish, then everything stops cleanly.
 
 from __future__ import annotations
 
+import gc
 import logging
 import queue
 import signal
@@ -97,6 +98,8 @@ class Daemon:
         interval = watchdog_interval()
         if interval:
             self.scheduler.every(max(int(interval), 1)).seconds.do(self.systemd.watchdog)
+        gc.collect()
+        gc.freeze()  # what start-up built lives as long as the daemon: no full collection walks it again
         self.systemd.ready("; ".join(self.describe()))
 
     def run(self) -> None:

@@ -1,0 +1,56 @@
+"""The pipeline's snapshot of organisations, service levels and closed days."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+from maildesk import sla, store
+from maildesk.directory import add_organisation
+from maildesk.models import utcnow
+from maildesk.reference import ReferenceCache
+
+
+def desk(tmp_path: Path) -> Engine:
+    engine = store.make_engine(f"sqlite:///{tmp_path / 'maildesk.db'}")
+    store.upgrade(engine)
+    with store.transaction(engine) as session:
+        add_organisation("acme.example", session=session, domains=["acme.example"], language="lv", service_level=None)
+        sla.close_day(date(2026, 12, 28), "inventory", session=session, now=utcnow())
+    return engine
+
+
+def statements(engine: Engine) -> list[str]:
+    seen: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda *args: seen.append(args[2]))
+    return seen
+
+
+def test_a_primed_transaction_finds_organisations_and_closed_days_without_a_query(tmp_path: Path) -> None:
+    engine = desk(tmp_path)
+    cache = ReferenceCache(engine)
+    cache.prime(store.Session(engine))  # the first snapshot is read here
+    seen = statements(engine)
+    with store.transaction(engine) as session:
+        cache.prime(session)
+        organisation = next(iter(session.info["organisations"].values()))
+        assert store.organisation(organisation.id, session=session).name == "acme.example"
+        assert date(2026, 12, 28) in sla.closed_days(session=session)
+    assert not [sql for sql in seen if "organisations" in sql or "closed_days" in sql]
+
+
+def test_a_change_reaches_the_pipeline_once_the_snapshot_is_older_than_its_age(tmp_path: Path) -> None:
+    engine = desk(tmp_path)
+    fresh, kept = ReferenceCache(engine, max_age=0), ReferenceCache(engine, max_age=3600)
+    for cache in (fresh, kept):
+        with store.transaction(engine) as session:
+            cache.prime(session)
+    with store.transaction(engine) as session:
+        sla.close_day(date(2026, 12, 29), "moved", session=session, now=utcnow())
+    for cache, expected in ((fresh, True), (kept, False)):
+        with store.transaction(engine) as session:
+            cache.prime(session)
+            assert (date(2026, 12, 29) in sla.closed_days(session=session)) is expected
