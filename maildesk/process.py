@@ -134,24 +134,29 @@ class Pipeline:
         return self.process_many([stored.inbox_id], raws={stored.inbox_id: raw})[0]
 
     def claim(self, inbox_ids: list[int]) -> list[int]:
-        """Take rows for processing; rows another worker has, or that are done, are left out.
+        """Take rows for processing; rows another worker has, or that are done, are left out."""
+        with store.transaction(self.engine) as session:
+            claimed = self._claim(inbox_ids, session=session)
+        return [inbox_id for inbox_id in inbox_ids if inbox_id in claimed]
+
+    def _claim(self, inbox_ids: list[int], *, session: Session) -> dict[int, int]:
+        """The rows taken, with their attempts so far (this one counted).
 
         One conditional UPDATE: correct on SQLite and PostgreSQL alike, so two daemons never
-        process the same row (a crashed worker's claim expires after CLAIM_LEASE).
+        process the same row (a crashed worker's claim expires after CLAIM_LEASE). Core, not
+        the ORM's bulk UPDATE, which costs milliseconds.
         """
         now = self.clock()
-        inbox = InboxItem.__table__  # type: ignore[attr-defined]  # Core: the ORM's bulk UPDATE costs ms
-        with store.transaction(self.engine) as session:
-            result = session.connection().execute(
-                update(inbox)
-                .where(inbox.c.id.in_(inbox_ids))
-                .where(or_(inbox.c.state.in_(RETRYABLE),
-                           (inbox.c.state == State.PROCESSING.value) & (inbox.c.claimed_at < now - CLAIM_LEASE)))
-                .values(state=State.PROCESSING.value, claimed_by=self.worker, claimed_at=now,
-                        attempts=inbox.c.attempts + 1)
-                .returning(inbox.c.id))
-            claimed = {row[0] for row in result}
-        return [inbox_id for inbox_id in inbox_ids if inbox_id in claimed]
+        inbox = InboxItem.__table__  # type: ignore[attr-defined]
+        result = session.connection().execute(
+            update(inbox)
+            .where(inbox.c.id.in_(inbox_ids))
+            .where(or_(inbox.c.state.in_(RETRYABLE),
+                       (inbox.c.state == State.PROCESSING.value) & (inbox.c.claimed_at < now - CLAIM_LEASE)))
+            .values(state=State.PROCESSING.value, claimed_by=self.worker, claimed_at=now,
+                    attempts=inbox.c.attempts + 1)
+            .returning(inbox.c.id, inbox.c.attempts))
+        return {row[0]: row[1] for row in result}
 
     def process_inbox_item(self, inbox_id: int) -> Outcome | None:
         """Process one stored row end to end; never raises for a bad message."""
@@ -164,17 +169,16 @@ class Pipeline:
         MAX_ATTEMPTS); the others go on. None for a row that was not ours to process. `raws`
         are bytes the caller already holds for some of the rows (they are not read back).
         """
-        claimed = self.claim(inbox_ids) if inbox_ids else []
+        held = raws or {}
+        with store.transaction(self.engine) as session:  # claimed and read in one transaction
+            attempts = self._claim(inbox_ids, session=session) if inbox_ids else {}
+            missing = [inbox_id for inbox_id in attempts if inbox_id not in held]
+            read = dict(session.execute(select(InboxRaw.inbox_id, InboxRaw.raw)  # type: ignore[call-overload]
+                                        .where(InboxRaw.inbox_id.in_(missing))).all()) if missing else {}  # type: ignore[attr-defined]
+        claimed = [inbox_id for inbox_id in inbox_ids if inbox_id in attempts]
         if not claimed:
             return [None] * len(inbox_ids)
         started = time.perf_counter()
-        held = raws or {}
-        with store.transaction(self.engine) as session:
-            attempts = dict(session.execute(select(InboxItem.id, InboxItem.attempts)  # type: ignore[call-overload]
-                                            .where(InboxItem.id.in_(claimed))).all())  # type: ignore[union-attr]
-            missing = [inbox_id for inbox_id in claimed if inbox_id not in held]
-            read = dict(session.execute(select(InboxRaw.inbox_id, InboxRaw.raw)  # type: ignore[call-overload]
-                                        .where(InboxRaw.inbox_id.in_(missing))).all()) if missing else {}  # type: ignore[attr-defined]
         unique = list(dict.fromkeys(claimed))  # a mail twice in a folder is one row: handled once
         raw_bytes = [held.get(inbox_id) or read.pop(inbox_id, b"") for inbox_id in unique]
         del read  # the helper has its copies; the big ones need not stay here meanwhile
