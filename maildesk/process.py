@@ -208,7 +208,11 @@ class Pipeline:
                            claimed_by=None)
         except Exception as error:
             log.exception("message %s failed", mail.message_id or f"inbox:{inbox_id}")
+            # Rolled back with the savepoint, its ticket row may come back under the same id for
+            # the next mail: no object of the batch may stay in the session (all are flushed).
+            session.expunge_all()
             store.forget_cached(session=session)
+            self.reference.prime(session)
             return self._mark_failed(inbox_id, f"{type(error).__name__}: {error}", attempts >= MAX_ATTEMPTS,
                                      mail.message_id, session, started)
         return Outcome(inbox_id, handled.state, handled.ticket_key, handled.reason, mail.message_id,

@@ -30,6 +30,7 @@ import pytest
 
 from maildesk.handle import MailHandler
 from maildesk.models import Attachment, InboxItem, InboxRaw, OutboxItem, Ticket
+from maildesk.notify import Notifier
 from maildesk.outbox import build_message
 from maildesk.process import MAX_ATTEMPTS
 from tests.daemon_harness import DaemonProcess, wait_until
@@ -624,3 +625,24 @@ def test_nul_bytes_in_a_body_a_name_or_a_file_name_still_make_a_ticket_on_every_
     people.ingest(b"From: anna@acme.example\r\nSubject: x\r\nMessage-ID: <a\x00b@x>\r\n\r\nbody\r\n")  # exit 0: stored
     row = people.json("inbox", "list")[-1]
     assert row["state"] == "quarantined" and "NUL bytes in the header" in row["reason"] and row["message_id"] == "<ab@x>"
+
+
+def test_a_message_that_fails_after_its_ticket_was_written_leaves_the_next_ticket_unharmed(
+        desk: FastDesk, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The failing mail's ticket row is rolled back with its savepoint; the next mail of the same
+    batch gets the id that row had (SQLite reuses it) and must still become a ticket."""
+    real = Notifier.notify
+
+    def breaks_on_the_poison(self: Notifier, ticket: Any, *args: Any, **kwargs: Any) -> Any:
+        if ticket.summary == "Poison":
+            raise RuntimeError("injected fault after the ticket row")
+        return real(self, ticket, *args, **kwargs)
+
+    monkeypatch.setattr(Notifier, "notify", breaks_on_the_poison)
+    mails = [make_mail(ANNA, "Good 1", "One.", to="support@desk.example"),
+             make_mail(PETER, "Poison", "Breaks.", to="support@desk.example"),
+             make_mail(BOSS, "Good 2", "Two.", to="support@desk.example")]
+    pipeline = desk.pipe()
+    outcomes = pipeline.process_many([stored.inbox_id for stored in pipeline.store_many(mails, "pipe")])
+    assert [outcome.state for outcome in outcomes if outcome] == ["processed", "failed", "processed"]
+    assert sorted(ticket.summary for ticket in desk.rows(Ticket)) == ["Good 1", "Good 2"]
