@@ -163,7 +163,8 @@ class Pipeline:
         return self.process_many([inbox_id])[0]
 
     def process_many(self, inbox_ids: list[int], *, raws: dict[int, bytes] | None = None) -> list[Outcome | None]:
-        """Process stored rows in one transaction, each in its own savepoint.
+        """Claim and read stored rows in one transaction, then process them in a second one,
+        each mail in its own savepoint, while the parser (maybe a helper process) reads the next.
 
         A message that breaks is rolled back alone and marked failed (quarantined after
         MAX_ATTEMPTS); the others go on. None for a row that was not ours to process. `raws`
