@@ -308,11 +308,11 @@ class MailHandler:
     def save_message(self, mail: InboundMail, inbox_id: int, ticket: Ticket, *, session: Session,
                      now: datetime, internal: bool, unverified: bool = False) -> int:
         """The mail as a message of the ticket's thread, with its attachments; returns the message id."""
-        message_id = store.insert_row(
-            Message, session=session, ticket_id=ticket.id, direction="in", message_id=mail.message_id[:1000],
+        message_id = rows.insert_one(Message, dict(
+            ticket_id=ticket.id, direction="in", message_id=mail.message_id[:1000],
             in_reply_to=mail.in_reply_to[:1000], sender=mail.from_address, subject=mail.subject,
             new_text=mail.new_text, full_text=mail.text, internal=internal, unverified=unverified,
-            inbox_id=inbox_id, created_at=now)
+            inbox_id=inbox_id, created_at=now), session=session)
         for attachment in mail.attachments:
             session.add(self.save_attachment(attachment.filename, attachment.content_type, attachment.content,
                                              message_id=message_id))

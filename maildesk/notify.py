@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlmodel import Session
 
-from maildesk import store
+from maildesk import rows, store
 from maildesk.config import Settings
 from maildesk.core.effort import format_effort
 from maildesk.core.tokens import make_token, message_id_with_token, reply_address
@@ -128,19 +128,19 @@ class Notifier:
         never = NEVER_MAIL.match(recipient.address) is not None
         subject = header_safe(rendered.subject, 300)
         ticket_id = ticket.id if ticket is not None else None
-        outbox_id = store.insert_row(
-            OutboxItem, session=session, ticket_id=ticket_id, message_id=message_id,
-            in_reply_to=thread.in_reply_to, references=" ".join(references),
-            to_addresses=json.dumps([recipient.address]), reply_to=reply_to, subject=subject, template=template,
-            language=recipient.language, body_text=rendered.text, body_html=rendered.html,
-            status="failed" if never else "pending", attempts=0,
+        outbox_id = rows.insert_one(OutboxItem, dict(
+            ticket_id=ticket_id, message_id=message_id, in_reply_to=thread.in_reply_to,
+            references=" ".join(references), to_addresses=json.dumps([recipient.address]), reply_to=reply_to,
+            subject=subject, template=template, language=recipient.language, body_text=rendered.text,
+            body_html=rendered.html, status="failed" if never else "pending", attempts=0,
             last_error="never mailed: a machine address" if never else "", recipient_results="{}",
-            next_attempt_at=now, created_at=now)
+            next_attempt_at=now, created_at=now), session=session)
         if ticket is not None:  # the thread shows outgoing mail too; linked by its Message-ID
-            store.insert_row(Message, session=session, ticket_id=ticket_id, direction="out", message_id=message_id,
-                             in_reply_to=thread.in_reply_to, sender=self.settings.support_address, subject=subject,
-                             new_text=rendered.text, full_text=rendered.text, created_at=now,
-                             internal=recipient.role != "customer", unverified=False, outbox_id=outbox_id)
+            rows.insert_one(Message, dict(
+                ticket_id=ticket_id, direction="out", message_id=message_id, in_reply_to=thread.in_reply_to,
+                sender=self.settings.support_address, subject=subject, new_text=rendered.text,
+                full_text=rendered.text, created_at=now, internal=recipient.role != "customer", unverified=False,
+                outbox_id=outbox_id), session=session)
         return outbox_id
 
     def addresses(self, ticket: Ticket | None, recipient: Recipient, purpose: str) -> tuple[str, str]:

@@ -12,10 +12,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from email.utils import getaddresses
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from email.utils import getaddresses
 from enum import Enum
 
 from sqlalchemy import or_, select, update
@@ -106,13 +106,15 @@ class Pipeline:
             known: dict[str, int] = {row.sha256: row.id for row in session.execute(
                 select(InboxItem.sha256, InboxItem.id).where(InboxItem.sha256.in_(set(digests))))}  # type: ignore[attr-defined]
             fresh: dict[str, int] = {}
+            raw_rows: list[dict[str, object]] = []
             for raw, digest in zip(raws, digests):
                 if digest not in known and digest not in fresh:
                     fresh[digest] = rows.insert_one(InboxItem, {
                         "received_at": now, "source": source, "sha256": digest, "size": len(raw),
                         "message_id": quick_message_id(raw), "state": State.NEW.value, "reason": "", "attempts": 0,
                         "sender": ""}, session=session)
-                    rows.insert_many(InboxRaw, [{"inbox_id": fresh[digest], "raw": raw}], session=session)
+                    raw_rows.append({"inbox_id": fresh[digest], "raw": raw})
+            rows.insert_many(InboxRaw, raw_rows, session=session)
             results = []
             for digest in digests:
                 if digest in known:
@@ -204,9 +206,9 @@ class Pipeline:
         try:
             with session.begin_nested():
                 handled = self._handle(mail, inbox_id, session)
-                _set_state(session, inbox_id, state=handled.state, reason=handled.reason[:2000],
-                           processed_at=self.clock(), ticket_id=handled.ticket_id, sender=mail.from_address[:320],
-                           claimed_by=None)
+                rows.update_by_id(InboxItem, inbox_id, dict(
+                    state=handled.state, reason=handled.reason[:2000], processed_at=self.clock(),
+                    ticket_id=handled.ticket_id, sender=mail.from_address[:320], claimed_by=None), session=session)
         except Exception as error:
             log.exception("message %s failed", mail.message_id or f"inbox:{inbox_id}")
             # Rolled back with the savepoint, its ticket row may come back under the same id for
@@ -222,7 +224,8 @@ class Pipeline:
     def _mark_failed(self, inbox_id: int, reason: str, quarantine: bool, message_id: str, session: Session,
                      started: float) -> Outcome:
         state = State.QUARANTINED.value if quarantine else State.FAILED.value
-        _set_state(session, inbox_id, state=state, reason=reason[:2000], claimed_by=None)
+        rows.update_by_id(InboxItem, inbox_id, dict(state=state, reason=reason[:2000], claimed_by=None),
+                          session=session)
         return Outcome(inbox_id, state, None, reason, message_id, (time.perf_counter() - started) * 1000)
 
     def _handle(self, mail: InboundMail, inbox_id: int, session: Session) -> Handled:
@@ -273,11 +276,6 @@ class Pipeline:
             rows = session.exec(select(InboxItem.id).where(InboxItem.state.in_(states))  # type: ignore[call-overload, attr-defined]
                                 .order_by(InboxItem.id).limit(limit)).all()
         return [row[0] for row in rows]
-
-
-def _set_state(session: Session, inbox_id: int, **values: object) -> None:
-    """Record how far a row got (Core: the ORM would load the whole row, raw bytes and all)."""
-    rows.update_by_id(InboxItem, inbox_id, values, session=session)
 
 
 def quick_sender(raw: bytes) -> str:

@@ -81,13 +81,9 @@ def first_row(statement: Any, values: Mapping[str, Any], *, session: Session) ->
     Values come back as the driver gives them: use it for counts and ids, not for datetimes.
     """
     connection, cursor = _cursor(session)
-    dialect = connection.dialect
-    key = (f"select {dialect.name}", str(id(statement)), ())
+    key = (f"select {connection.dialect.name}", str(id(statement)), ())
     if key not in _CACHE:
-        compiled = statement.compile(dialect=dialect)
-        order = tuple(compiled.positiontup) if compiled.positional else tuple(compiled.binds)
-        processors = tuple(compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect) for name in order)
-        _CACHE[key] = _Compiled(str(compiled), order, processors, bool(compiled.positional))
+        _CACHE[key] = _prepare(statement.compile(dialect=connection.dialect), connection.dialect)
     compiled = _CACHE[key]
     with _errors(connection, compiled.sql):
         try:
@@ -109,22 +105,19 @@ def _compiled(kind: str, table: Table, names: tuple[str, ...], dialect: Dialect)
                 statement = statement.returning(table.c.id)
         else:
             statement = update(table).where(table.c.id == bindparam("row_id", type_=table.c.id.type))
-        compiled = statement.compile(dialect=dialect, column_keys=list(names))
-        order = tuple(compiled.positiontup) if compiled.positional else (*names, *(("row_id",) if kind == "update" else ()))
-        processors = tuple(_processor(table, name, dialect) for name in order)
-        _CACHE[key] = _Compiled(str(compiled), order, processors, bool(compiled.positional))
+        _CACHE[key] = _prepare(statement.compile(dialect=dialect, column_keys=list(names)), dialect)
     return _CACHE[key]
+
+
+def _prepare(compiled: Any, dialect: Dialect) -> _Compiled:
+    """The SQL text, its parameters in order and each one's bind processor (from its column's type)."""
+    order = tuple(compiled.positiontup) if compiled.positional else tuple(compiled.binds)
+    processors = tuple(compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect) for name in order)
+    return _Compiled(str(compiled), order, processors, bool(compiled.positional))
 
 
 def _table(model: type[SQLModel]) -> Table:
     return model.__table__  # type: ignore[attr-defined, no-any-return]
-
-
-def _processor(table: Table, parameter: str, dialect: Dialect) -> Callable[[Any], Any] | None:
-    column = table.c.get(parameter) if parameter != "row_id" else table.c.id
-    if column is None:
-        return None
-    return column.type.dialect_impl(dialect).bind_processor(dialect)  # type: ignore[no-any-return]
 
 
 def _parameters(compiled: _Compiled, values: Mapping[str, Any]) -> Sequence[Any] | dict[str, Any]:

@@ -6,9 +6,7 @@ events and its outbox rows commit together or not at all.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -19,10 +17,10 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import event, func, select
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, SQLModel, create_engine
+from sqlmodel import Session, create_engine
 
 from maildesk import rows
-from maildesk.models import Event, Message, Organisation, OutboxItem, Ticket, User
+from maildesk.models import Event, Message, Organisation, Ticket, User
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -198,16 +196,6 @@ def responsible_representatives(organisation_id: int | None, *, session: Session
 
 def add_event(*, session: Session, ticket_id: int | None, at: datetime, actor: str, command: str,
               from_status: str = "", to_status: str = "", outcome: str = "applied", reason: str = "") -> None:
-    insert_row(Event, session=session, ticket_id=ticket_id, at=at, actor=actor, command=command[:300],
-               from_status=from_status, to_status=to_status, outcome=outcome, reason=reason)
-
-
-def insert_row(table: type[SQLModel], *, session: Session, **values: Any) -> int:
-    """Insert one append-only row (an event, a message, outbox mail) in the session's transaction;
-    its id. These rows are never read back through the ORM in the transaction that writes them,
-    so they skip the unit of work: per mail that was most of the pipeline's database time."""
-    return rows.insert_one(table, values, session=session)
-
-
-def outbox_recipients(item: OutboxItem) -> list[str]:
-    return list(json.loads(item.to_addresses))
+    rows.insert_one(Event, dict(ticket_id=ticket_id, at=at, actor=actor, command=command[:300],
+                                from_status=from_status, to_status=to_status, outcome=outcome, reason=reason),
+                    session=session)
