@@ -6,18 +6,20 @@ tests read the rest with `getreply()`, as an MTA does.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import smtplib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings as hypothesis_settings, strategies as st
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.engine import Engine
 
 from maildesk import store
 from maildesk.config import Settings, load_settings
-from maildesk.lmtp import LmtpServer
+from maildesk.lmtp import LmtpServer, read_message_data
 from maildesk.models import InboxItem, InboxRaw
 from maildesk.process import Pipeline
 from tests.mailbuilder import make_mail
@@ -133,3 +135,59 @@ def test_a_client_announcing_a_size_over_the_limit_is_refused_at_mail_from(liste
 def test_the_listener_speaks_lmtp_not_smtp(listener: Listener) -> None:
     with smtplib.SMTP("127.0.0.1", listener.server.port, timeout=10) as client:
         assert client.ehlo()[0] == 500
+
+
+def test_dot_lines_and_a_long_line_arrive_as_the_client_wrote_them(listener: Listener, engine: Engine) -> None:
+    raw = (f"From: {ANNA}\r\nTo: {SUPPORT}\r\nSubject: Dots\r\nMessage-ID: <dots@acme.example>\r\n\r\n"
+           ".\r\n..two dots\r\n.starts with a dot\r\nthe end.\r\n\r\n" + "x" * 3000 + "\r\n.").encode()
+    with listener.client() as client:
+        [reply] = deliver(client, raw, [SUPPORT])  # smtplib stuffs the dots, the listener removes them
+    assert reply[0] == 250
+    [item] = inbox_rows(engine)
+    with store.transaction(engine) as session:
+        assert session.get(InboxRaw, item.id).raw == raw + b"\r\n"  # type: ignore[union-attr]
+
+
+def unstuffed_line_by_line(wire: bytes) -> bytes:
+    """RFC 5321 section 4.5.2 the slow way: split at CRLF, stop at ".", drop each line's first dot."""
+    lines, content = wire.split(b"\r\n"), []
+    for line in lines:
+        if line == b".":
+            return b"".join(content)
+        content.append((line[1:] if line.startswith(b".") else line) + b"\r\n")
+    raise AssertionError("no end of data")
+
+
+def feed_and_read(wire: bytes, piece: int, limit: int, size_limit: int | None) -> bytes | None:
+    async def run() -> bytes | None:
+        reader = asyncio.StreamReader(limit=limit)
+        for start in range(0, len(wire), piece):
+            reader.feed_data(wire[start:start + piece])
+        reader.feed_data(b"NOOP\r\n")  # the next command must stay unread
+        reader.feed_eof()  # a reader that misses the end fails instead of waiting forever
+        content = await read_message_data(reader, size_limit)
+        assert await reader.readuntil(b"\r\n") == b"NOOP\r\n"
+        return content
+    return asyncio.run(run())
+
+
+message_lines = st.lists(st.binary(max_size=12).map(lambda line: line.replace(b"\n", b"")).filter(
+    lambda line: not line.endswith(b"\r")) | st.sampled_from([b"", b".", b"..", b".x", b"\r", b"a\rb"]),
+    max_size=12)
+
+
+@hypothesis_settings(max_examples=400, deadline=None)
+@given(message_lines, st.integers(min_value=1, max_value=9), st.integers(min_value=4, max_value=40))
+def test_the_data_reader_unstuffs_as_the_line_by_line_rule_in_any_read_pieces(
+        lines: list[bytes], piece: int, limit: int) -> None:
+    stuffed = [b"." + line if line.startswith(b".") else line for line in lines]
+    wire = b"".join(line + b"\r\n" for line in stuffed) + b".\r\n"
+    expected = unstuffed_line_by_line(wire)
+    assert expected == b"".join(line + b"\r\n" for line in lines)
+    assert feed_and_read(wire, piece, limit, None) == expected
+
+
+def test_the_data_reader_reads_an_oversized_message_to_its_end_and_returns_none() -> None:
+    wire = b"line\r\n" * 100 + b".\r\n"
+    assert feed_and_read(wire, 64, 1024, size_limit=599) is None
+    assert feed_and_read(wire, 64, 1024, size_limit=600) == b"line\r\n" * 100
