@@ -2,7 +2,8 @@
 
 The source is the IMAP poller (when MAILDESK_IMAP_HOST is set) or the LMTP listener. The
 main thread processes what the listener stored, drives `schedule` timers and pings the
-systemd watchdog; a sender thread delivers the outbox as soon as work is queued. SIGTERM
+systemd watchdog; a sender thread delivers the outbox as soon as work is queued; with
+SQLite, a thread checkpoints the write-ahead log (`maildesk.wal`). SIGTERM
 or SIGINT lets the message in hand finish, then everything stops cleanly.
 """
 
@@ -30,6 +31,7 @@ from maildesk.process import Pipeline
 from maildesk.sdnotify import Notifier, watchdog_interval
 from maildesk.smtp import transport_for
 from maildesk.timers import sweep
+from maildesk.wal import WalCheckpointer, defer_checkpoints, is_sqlite
 
 log = logging.getLogger("maildesk.daemon")
 IDLE_WAKE_SECONDS = 1.0
@@ -88,12 +90,13 @@ class Daemon:
         """Start the source and the sender; returns at once (run() then drives the main loop)."""
         if isinstance(self.parser, ProcessParser) and self.settings.imap_configured:
             self.parser.start()  # the LMTP listener hands over one mail at a time: parsed in-process
+        if is_sqlite(self.engine):
+            defer_checkpoints(self.engine)  # before any thread holds a connection
+            self._start_thread(WalCheckpointer(self.engine, self.signals.stop).run, "wal-checkpoint")
         self._recover()
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_SECONDS))
         self._start_source()
-        sender = threading.Thread(target=self._sender_loop, name="outbox-sender", daemon=True)
-        sender.start()
-        self._threads.append(sender)
+        self._start_thread(self._sender_loop, "outbox-sender")
         self.scheduler.every(1).minutes.do(self._minutely)
         interval = watchdog_interval()
         if interval:
@@ -129,15 +132,18 @@ class Daemon:
             from maildesk.imap import ImapPoller
             poller = ImapPoller(self.settings, self.pipeline, stop_event=self.signals.stop,
                                 on_progress=lambda _done, _total: self.signals.outbox.set())
-            thread = threading.Thread(target=poller.run_forever, name="imap-poller", daemon=True)
-            thread.start()
-            self._threads.append(thread)
+            self._start_thread(poller.run_forever, "imap-poller")
             self._source_stop = poller.close
             return
         from maildesk.lmtp import LmtpServer
         server = LmtpServer(self.settings, self.pipeline, on_stored=self.stored.put)
         server.start()
         self._source_stop = server.stop
+
+    def _start_thread(self, target: Callable[[], None], name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
 
     def _process_stored(self, *, timeout: float) -> None:
         """Process what the listener stored; one at a time so a stop never cuts a message."""
