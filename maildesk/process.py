@@ -9,6 +9,7 @@ later; after MAX_ATTEMPTS it is quarantined. Nothing is dropped and nothing stop
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import time
@@ -17,8 +18,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import getaddresses
 from enum import Enum
+from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
@@ -103,8 +105,10 @@ class Pipeline:
     def _store_new(self, raws: list[bytes], digests: list[str], source: str) -> list[Stored]:
         now = self.clock()
         with store.transaction(self.engine) as session:
-            known: dict[str, int] = {row.sha256: row.id for row in session.execute(
-                select(InboxItem.sha256, InboxItem.id).where(InboxItem.sha256.in_(set(digests))))}  # type: ignore[attr-defined]
+            distinct = list(dict.fromkeys(digests))
+            known: dict[str, int] = {str(digest): int(inbox_id) for digest, inbox_id in rows.all_rows(
+                _known_statement(len(distinct)), {f"sha_{number}": digest for number, digest in enumerate(distinct)},
+                session=session)}
             fresh: dict[str, int] = {}
             raw_rows: list[dict[str, object]] = []
             for raw, digest in zip(raws, digests):
@@ -149,16 +153,10 @@ class Pipeline:
         the ORM's bulk UPDATE, which costs milliseconds.
         """
         now = self.clock()
-        inbox = InboxItem.__table__  # type: ignore[attr-defined]
-        result = session.connection().execute(
-            update(inbox)
-            .where(inbox.c.id.in_(inbox_ids))
-            .where(or_(inbox.c.state.in_(RETRYABLE),
-                       (inbox.c.state == State.PROCESSING.value) & (inbox.c.claimed_at < now - CLAIM_LEASE)))
-            .values(state=State.PROCESSING.value, claimed_by=self.worker, claimed_at=now,
-                    attempts=inbox.c.attempts + 1)
-            .returning(inbox.c.id, inbox.c.attempts))
-        return {row[0]: row[1] for row in result}
+        values = {f"id_{number}": inbox_id for number, inbox_id in enumerate(inbox_ids)}
+        values.update(worker=self.worker, now=now, lease_expired=now - CLAIM_LEASE)
+        return {int(row[0]): int(row[1]) for row in rows.all_rows(_claim_statement(len(inbox_ids)), values,
+                                                                   session=session)}
 
     def process_inbox_item(self, inbox_id: int) -> Outcome | None:
         """Process one stored row end to end; never raises for a bad message."""
@@ -176,8 +174,9 @@ class Pipeline:
         with store.transaction(self.engine) as session:  # claimed and read in one transaction
             attempts = self._claim(inbox_ids, session=session) if inbox_ids else {}
             missing = [inbox_id for inbox_id in attempts if inbox_id not in held]
-            read = dict(session.execute(select(InboxRaw.inbox_id, InboxRaw.raw)  # type: ignore[call-overload]
-                                        .where(InboxRaw.inbox_id.in_(missing))).all()) if missing else {}  # type: ignore[attr-defined]
+            read = {int(inbox_id): bytes(raw) for inbox_id, raw in rows.all_rows(
+                _raw_statement(len(missing)), {f"id_{number}": inbox_id for number, inbox_id in enumerate(missing)},
+                session=session)} if missing else {}
         claimed = [inbox_id for inbox_id in inbox_ids if inbox_id in attempts]
         if not claimed:
             return [None] * len(inbox_ids)
@@ -293,6 +292,37 @@ def _quick_header(raw: bytes, name: bytes) -> str:
         if line[:len(name)].lower() == name:
             return line[len(name):].strip().decode("ascii", "replace")
     return ""
+
+
+@functools.lru_cache(maxsize=128)
+def _claim_statement(count: int) -> Any:
+    """UPDATE ... RETURNING that claims `count` rows (one parameter per id: compiled once per count)."""
+    inbox = InboxItem.__table__  # type: ignore[attr-defined]
+    at = inbox.c.claimed_at.type
+    return (update(inbox)
+            .where(inbox.c.id.in_([bindparam(f"id_{number}", type_=inbox.c.id.type) for number in range(count)]))
+            .where(or_(inbox.c.state.in_([bindparam(f"retry_{state}", state) for state in RETRYABLE]),
+                       (inbox.c.state == bindparam("processing", State.PROCESSING.value))
+                       & (inbox.c.claimed_at < bindparam("lease_expired", type_=at))))
+            .values(state=bindparam("claimed_state", State.PROCESSING.value), claimed_by=bindparam("worker"),
+                    claimed_at=bindparam("now", type_=at), attempts=inbox.c.attempts + 1)
+            .returning(inbox.c.id, inbox.c.attempts))
+
+
+@functools.lru_cache(maxsize=128)
+def _known_statement(count: int) -> Any:
+    """The ids of inbox rows with any of `count` SHA-256 digests."""
+    inbox = InboxItem.__table__  # type: ignore[attr-defined]
+    return select(inbox.c.sha256, inbox.c.id).where(
+        inbox.c.sha256.in_([bindparam(f"sha_{number}", type_=inbox.c.sha256.type) for number in range(count)]))
+
+
+@functools.lru_cache(maxsize=128)
+def _raw_statement(count: int) -> Any:
+    """The raw bytes of `count` inbox rows."""
+    raw = InboxRaw.__table__  # type: ignore[attr-defined]
+    return select(raw.c.inbox_id, raw.c.raw).where(
+        raw.c.inbox_id.in_([bindparam(f"id_{number}", type_=raw.c.inbox_id.type) for number in range(count)]))
 
 
 def quick_message_id(raw: bytes) -> str:

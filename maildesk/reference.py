@@ -1,12 +1,15 @@
 """Reference rows the pipeline reads for every mail and an admin changes a few times a year.
 
 Where it sits in the flow: `Pipeline.process_many` primes each transaction's lookup caches
-(`store.organisation`, `sla.find_level`, `sla.closed_days`) from one snapshot, read again
-at most every `REFERENCE_SECONDS`. Without it, a mail arriving alone (LMTP, IDLE) paid three
-or four queries for the same organisations, service levels and closed days as the one before.
+(`store.organisation`, `store.agents`, `sla.find_level`, `sla.closed_days`) from one snapshot,
+read again at most every `REFERENCE_SECONDS`. Without it, a mail arriving alone (LMTP, IDLE)
+paid four or five queries for the same organisations, agents, service levels and closed days
+as the one before.
 
-A change made with `maildesk org`, `sla add` or `sla close-day` therefore reaches new mail
-within `REFERENCE_SECONDS`; those commands reschedule the open tickets themselves.
+A change made with `maildesk org`, `user`, `sla add` or `sla close-day` therefore reaches new
+mail within `REFERENCE_SECONDS` (an agent added is told of new tickets from then on); the `sla`
+commands reschedule the open tickets themselves. Users changed by a mail in the same
+transaction are read afresh (`store.forget_users`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from maildesk import store
-from maildesk.models import ClosedDay, Organisation, ServiceLevel
+from maildesk.models import ClosedDay, Organisation, ServiceLevel, User
 
 REFERENCE_SECONDS = 10.0
 
@@ -28,6 +31,7 @@ REFERENCE_SECONDS = 10.0
 @dataclass(frozen=True)
 class Snapshot:
     organisations: dict[int, Organisation]
+    agents: tuple[User, ...]
     levels: dict[str, ServiceLevel]
     closed_days: frozenset[date]
     taken_at: float
@@ -45,6 +49,9 @@ class ReferenceCache:
         """Fill the session's lookup caches; rows the snapshot lacks are still looked up as before."""
         snapshot = self._current()
         session.info["organisations"] = dict(snapshot.organisations)
+        session.info["agents"] = list(snapshot.agents)
+        users = session.info.setdefault("users", {})
+        users.update({agent.address: agent for agent in snapshot.agents if agent.address not in users})
         session.info["levels"] = dict(snapshot.levels)
         session.info["closed_days"] = snapshot.closed_days
 
@@ -60,7 +67,8 @@ class ReferenceCache:
     def _read(self) -> Snapshot:
         with store.transaction(self.engine) as session:
             organisations = {row.id: row for row in session.execute(select(Organisation)).scalars()}
+            agents = tuple(store.agents(session=session))
             levels = {row.name: row for row in session.execute(select(ServiceLevel)).scalars()}
             closed = frozenset(session.execute(select(ClosedDay.day)).scalars())
             session.expunge_all()  # read-only copies: no session may change them
-        return Snapshot(organisations, levels, closed, time.monotonic())  # type: ignore[arg-type]
+        return Snapshot(organisations, agents, levels, closed, time.monotonic())  # type: ignore[arg-type]

@@ -30,6 +30,7 @@ class _Compiled:
     names: tuple[str, ...]  # the parameters in the order the SQL text expects them
     processors: tuple[Callable[[Any], Any] | None, ...]
     positional: bool  # sqlite3 takes a sequence ("?"), psycopg a mapping ("%(name)s")
+    defaults: Mapping[str, Any]  # the values of parameters the statement itself fixed (its literals)
 
 
 _CACHE: dict[tuple[str, str, tuple[str, ...]], _Compiled] = {}
@@ -80,18 +81,31 @@ def first_row(statement: Any, values: Mapping[str, Any], *, session: Session) ->
 
     Values come back as the driver gives them: use it for counts and ids, not for datetimes.
     """
+    return _run_prepared(statement, values, session=session, fetch=lambda cursor: cursor.fetchone())
+
+
+def all_rows(statement: Any, values: Mapping[str, Any], *, session: Session) -> list[tuple[Any, ...]]:
+    """Every row of a prepared statement (a SELECT, or a DML with RETURNING) that outlives
+    the call: it is compiled once, under the statement's id. Values as the driver gives them."""
+    return _run_prepared(statement, values, session=session, fetch=lambda cursor: cursor.fetchall()) or []
+
+
+def _run_prepared(statement: Any, values: Mapping[str, Any], *, session: Session,
+                  fetch: Callable[[Any], Any]) -> Any:
     connection, cursor = _cursor(session)
-    key = (f"select {connection.dialect.name}", str(id(statement)), ())
+    key = (f"prepared {connection.dialect.name}", str(id(statement)), ())
     if key not in _CACHE:
         _CACHE[key] = _prepare(statement.compile(dialect=connection.dialect), connection.dialect)
     compiled = _CACHE[key]
     with _errors(connection, compiled.sql):
         try:
-            cursor.execute(compiled.sql, _parameters(compiled, values))
-            row = cursor.fetchone()
-            return tuple(row) if row is not None else None
+            cursor.execute(compiled.sql, _parameters(compiled, {**compiled.defaults, **values}))
+            found = fetch(cursor)
         finally:
             cursor.close()
+    if isinstance(found, list):
+        return [tuple(row) for row in found]
+    return tuple(found) if found is not None else None
 
 
 def _compiled(kind: str, table: Table, names: tuple[str, ...], dialect: Dialect) -> _Compiled:
@@ -112,8 +126,13 @@ def _compiled(kind: str, table: Table, names: tuple[str, ...], dialect: Dialect)
 def _prepare(compiled: Any, dialect: Dialect) -> _Compiled:
     """The SQL text, its parameters in order and each one's bind processor (from its column's type)."""
     order = tuple(compiled.positiontup) if compiled.positional else tuple(compiled.binds)
-    processors = tuple(compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect) for name in order)
-    return _Compiled(str(compiled), order, processors, bool(compiled.positional))
+    binds = [compiled.binds[name] for name in order]
+    processors = tuple(bind.type.dialect_impl(dialect).bind_processor(dialect) for bind in binds)
+    defaults = {name: bind.value for name, bind in zip(order, binds) if not bind.required}
+    sql = str(compiled)
+    if "POSTCOMPILE" in sql:
+        raise ValueError(f"a prepared statement needs one bindparam per value, not an IN list: {sql}")
+    return _Compiled(sql, order, processors, bool(compiled.positional), defaults)
 
 
 def _table(model: type[SQLModel]) -> Table:

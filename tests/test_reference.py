@@ -9,7 +9,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from maildesk import sla, store
-from maildesk.directory import add_organisation
+from maildesk.directory import add_organisation, add_user
 from maildesk.models import utcnow
 from maildesk.reference import ReferenceCache
 
@@ -20,6 +20,8 @@ def desk(tmp_path: Path) -> Engine:
     with store.transaction(engine) as session:
         add_organisation("acme.example", session=session, domains=["acme.example"], language="lv", service_level=None)
         sla.close_day(date(2026, 12, 28), "inventory", session=session, now=utcnow())
+        add_user("agnese@servicedesk.example", session=session, name="Agnese Kalniņa", now=utcnow(), organisation=None,
+                 agent=True, responsible=False, language=None)
     return engine
 
 
@@ -39,7 +41,9 @@ def test_a_primed_transaction_finds_organisations_and_closed_days_without_a_quer
         organisation = next(iter(session.info["organisations"].values()))
         assert store.organisation(organisation.id, session=session).name == "acme.example"
         assert date(2026, 12, 28) in sla.closed_days(session=session)
-    assert not [sql for sql in seen if "organisations" in sql or "closed_days" in sql]
+        assert [agent.name for agent in store.agents(session=session)] == ["Agnese Kalniņa"]
+        assert store.find_user("Agnese@servicedesk.example", session=session).name == "Agnese Kalniņa"  # type: ignore[union-attr]
+    assert not [sql for sql in seen if "organisations" in sql or "closed_days" in sql or "users" in sql]
 
 
 def test_a_change_reaches_the_pipeline_once_the_snapshot_is_older_than_its_age(tmp_path: Path) -> None:
@@ -54,3 +58,13 @@ def test_a_change_reaches_the_pipeline_once_the_snapshot_is_older_than_its_age(t
         with store.transaction(engine) as session:
             cache.prime(session)
             assert (date(2026, 12, 29) in sla.closed_days(session=session)) is expected
+
+
+def test_users_changed_in_the_transaction_are_read_afresh_not_from_the_snapshot(tmp_path: Path) -> None:
+    engine = desk(tmp_path)
+    cache = ReferenceCache(engine, max_age=3600)
+    with store.transaction(engine) as session:
+        cache.prime(session)
+        add_user("juris@servicedesk.example", session=session, name="Juris Ozols", now=utcnow(), organisation=None,
+                 agent=True, responsible=False, language=None)  # it forgets the session's user cache
+        assert {agent.name for agent in store.agents(session=session)} == {"Agnese Kalniņa", "Juris Ozols"}
