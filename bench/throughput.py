@@ -30,6 +30,7 @@ def backlog_in_process(name: str, mails: list[CorpusMail], *, profile_to: Path |
     from maildesk.imap import ImapPoller
     from maildesk.parse_worker import ProcessParser, parser_for
     from maildesk.process import Pipeline
+    from maildesk.wal import checkpoints_in_background
 
     workdir = fresh_workdir(name)
     extra: dict[str, Any] = {}
@@ -50,7 +51,8 @@ def backlog_in_process(name: str, mails: list[CorpusMail], *, profile_to: Path |
         if profiler:
             profiler.enable()
         try:
-            report = poller.poll_once()
+            with checkpoints_in_background(engine):  # as `maildesk poll --once` does
+                report = poller.poll_once()
         finally:
             if profiler:
                 profiler.disable()

@@ -338,6 +338,7 @@ def poll(ctx: typer.Context, once: Annotated[bool, typer.Option("--once", help="
     """Fetch mail from IMAP and process it (with --once: what is there now, then exit)."""
     from maildesk.imap import ImapError, ImapPoller
     from maildesk.parse_worker import parser_for
+    from maildesk.wal import checkpoints_in_background
     context = _context(ctx)
     if not context.settings.imap_configured:
         fail("MAILDESK_IMAP_HOST is not set: there is no mailbox to poll")
@@ -346,7 +347,7 @@ def poll(ctx: typer.Context, once: Annotated[bool, typer.Option("--once", help="
     _configure_logging(context.settings)
     parser = parser_for(context.settings.parse_processes)
     pipeline = Pipeline(context.settings, context.engine(), parser=parser)
-    with _progress() as progress:
+    with checkpoints_in_background(context.engine()), _progress() as progress:
         poller = ImapPoller(context.settings, pipeline, on_progress=progress)
         try:
             report = poller.poll_once()

@@ -2,7 +2,8 @@
 
 By default the commit that takes the log past 1000 pages copies them into the database and
 syncs it: 25-30 ms, once every dozen mails with attachments, spent inside an LMTP answer or
-a ticket's processing. The daemon hands that work to `WalCheckpointer`, which copies what
+a ticket's processing. The daemon (and `poll --once`, through `checkpoints_in_background`)
+hands that work to `WalCheckpointer`, which copies what
 the log holds once a second while the others keep writing (a PASSIVE checkpoint waits for
 no one). Connections still checkpoint themselves as a backstop, but only past
 `BACKSTOP_PAGES`, should the thread fall behind.
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
@@ -69,3 +72,20 @@ class WalCheckpointer:
             log.exception("WAL checkpoint failed; trying again in a moment")
             return 1, -1, -1
         return int(busy), int(logged), int(copied)
+
+
+@contextmanager
+def checkpoints_in_background(engine: Engine) -> Iterator[None]:
+    """While the block runs, a `WalCheckpointer` thread checkpoints for the engine (SQLite only)."""
+    if not is_sqlite(engine):
+        yield
+        return
+    defer_checkpoints(engine)
+    stop = threading.Event()
+    thread = threading.Thread(target=WalCheckpointer(engine, stop).run, name="wal-checkpoint", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=30)
