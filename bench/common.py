@@ -259,7 +259,7 @@ def servers(*, dovecot: bool = False, smtp: bool = False) -> Iterator[tuple[obje
     from tests.servers import DovecotServer, SmtpSink
 
     imap_server = DovecotServer(lmtp=False) if dovecot else None
-    sink = SmtpSink() if smtp else None
+    sink = SmtpSink(chunked_data=True) if smtp else None  # the receiving end costs what an MTA's would
     try:
         if sink is not None:
             sink.start()

@@ -38,7 +38,7 @@ from tests.servers import free_port, wait_for_port  # noqa: E402
 SINK = """
 import sys, time
 from tests.servers import SmtpSink
-sink = SmtpSink(port=int(sys.argv[1]))
+sink = SmtpSink(port=int(sys.argv[1]), chunked_data=True)
 sink.start()
 for line in sys.stdin:
     print(len(sink.messages), flush=True)
