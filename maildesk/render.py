@@ -14,13 +14,14 @@ names a variable nobody supplied fails loudly instead of sending a mail with a h
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from jinja2 import Environment, FileSystemBytecodeCache, FileSystemLoader, StrictUndefined, Template
+from jinja2.runtime import Macro
 
 LANGUAGES: tuple[str, ...] = ("lv", "en")
 TEMPLATES: tuple[str, ...] = (
@@ -40,6 +41,7 @@ TEMPLATES: tuple[str, ...] = (
 )
 PARTS: tuple[str, ...] = ("subject", "txt", "html")
 MAX_SUBJECT = 200
+MEMOIZED_CALLS = 1024  # outputs kept per macro: command lists, keywords and labels are few
 
 # Customers may write these Latvian forms instead of the English keywords (workflow.md);
 # notifications show both so that either can be copied into a reply.
@@ -96,15 +98,56 @@ def latvian_keyword(keyword: str) -> str:
 
 
 class _Template(Template):
-    """Jinja's template, minus a per-import cost that buys us nothing.
+    """Jinja's template, minus per-call costs that buy us nothing.
 
     Each `{% import %}` asks whether the importing context carries globals of its own, by a set
     difference over a ChainMap (17 % of rendering a notification); ours never do: every global
-    is the environment's, so the imported module can always be the cached one.
+    is the environment's, so the imported module can always be the cached one. And a macro of
+    an imported module sees only its arguments and the environment's globals (imports do not
+    pass the context), so its output is a function of its arguments: the module's macros are
+    memoized (`_memoized`), and the command list, keywords and status labels every mail shows
+    are rendered once per language and format instead of once per mail.
     """
 
     def _get_default_module(self, ctx: Any = None) -> Any:
+        if self._module is None:
+            module = super()._get_default_module(None)
+            for name, value in vars(module).items():
+                if isinstance(value, Macro):
+                    setattr(module, name, _memoized(value))
         return super()._get_default_module(None)
+
+
+def _memoized(macro: Macro) -> Callable[..., Any]:
+    """`macro`, remembering its output for arguments that are plain strings or lists of them
+    (command lists, keywords, labels). Anything else is rendered each time: a Markup argument
+    equals its str as a key but not as HTML, and a ticket's rows would never come again."""
+    outputs: dict[tuple[Any, ...], Any] = {}
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        key = None if kwargs else _memo_key(args)
+        if key is None:
+            return macro(*args, **kwargs)
+        output = outputs.get(key)  # one lookup: the poller and the timers may render at once
+        if output is None:
+            if len(outputs) >= MEMOIZED_CALLS:
+                outputs.clear()
+            output = outputs[key] = macro(*args)
+        return output
+    return call
+
+
+def _memo_key(args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    key: list[Any] = []
+    for arg in args:
+        kind = type(arg)
+        if kind is str:
+            key.append(arg)
+        elif (kind is list or kind is tuple) and all(type(item) is str for item in arg):
+            key.append((kind, tuple(arg)))
+        else:
+            return None
+    return tuple(key)
 
 
 def _environment(templates_dir: Path, *, autoescape: bool, cache_dir: Path | None) -> Environment:

@@ -275,3 +275,28 @@ def test_mailto_encodes_every_reserved_character_in_header_values() -> None:
 
 def test_the_default_templates_dir_is_the_repositorys(tmp_path: Path) -> None:
     assert default_templates_dir() == Path(__file__).resolve().parent.parent / "templates"
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_each_mail_lists_its_own_commands_though_command_lists_are_remembered(renderer: Renderer,
+                                                                               language: str) -> None:
+    first = renderer.render("comment", language, {**sample_context("comment"), "possible_commands": ["REOPEN"]})
+    second = renderer.render("comment", language, {**sample_context("comment"), "possible_commands": ["CANCEL REQUEST"]})
+    again = renderer.render("comment", language, {**sample_context("comment"), "possible_commands": ["REOPEN"]})
+    assert "REOPEN" in first.text and "CANCEL REQUEST" not in first.text
+    assert "CANCEL REQUEST" in second.text and "REOPEN" not in second.text
+    assert again == first
+
+
+def test_a_remembered_macro_output_never_stands_in_for_a_differently_escaped_argument(tmp_path: Path) -> None:
+    from markupsafe import Markup
+
+    (tmp_path / "en").mkdir()
+    (tmp_path / "_show.html.j2").write_text("{% macro show(value) %}[{{ value }}]{% endmacro %}")
+    (tmp_path / "en" / "page.html.j2").write_text('{% import "_show.html.j2" as m %}{{ m.show(value) }}')
+    environment = Renderer(tmp_path)._html
+    page = environment.get_template("en/page.html.j2")
+    assert page.render(value="<b>") == "[&lt;b&gt;]"
+    assert page.render(value=Markup("<b>")) == "[<b>]"  # equal to "<b>" as a key, not as HTML
+    assert page.render(value="<b>") == "[&lt;b&gt;]"
+    assert page.render(value=["<i>"]) == "[[&#39;&lt;i&gt;&#39;]]"
