@@ -646,3 +646,7 @@ def test_a_message_that_fails_after_its_ticket_was_written_leaves_the_next_ticke
     outcomes = pipeline.process_many([stored.inbox_id for stored in pipeline.store_many(mails, "pipe")])
     assert [outcome.state for outcome in outcomes if outcome] == ["processed", "failed", "processed"]
     assert sorted(ticket.summary for ticket in desk.rows(Ticket)) == ["Good 1", "Good 2"]
+    # the batch ran twice (all in one savepoint, then one per mail): nothing of the first run stayed
+    told = [(row.ticket_id, row.template, row.to_addresses) for row in desk.rows(OutboxItem)]
+    assert len(told) == len(set(told)) and {row[1] for row in told} >= {"ticket_created"}
+    assert sorted(template for _, template, _ in told).count("ticket_created") == 2
