@@ -15,7 +15,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import event, func, select
+from sqlalchemy import bindparam, event, func, select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, create_engine
 
@@ -102,13 +102,19 @@ def transaction(engine: Engine) -> Iterator[Session]:
             raise
 
 
+# Built once: SQLAlchemy then finds each in its compiled cache without building it per call.
+_USER_BY_ADDRESS = select(User).where(User.address == bindparam("address"))
+_USERS_BY_ADDRESS = select(User).where(User.address.in_(bindparam("addresses", expanding=True)))  # type: ignore[attr-defined]
+_TICKET_BY_KEY = select(Ticket).where(Ticket.key == bindparam("key"))
+
+
 def find_user(address: str, *, session: Session) -> User | None:
     """The user with this address (case-insensitive); cached for the session's transaction,
     because one mail looks the same people up many times."""
     address = address.lower()
     cache: dict[str, User | None] = session.info.setdefault("users", {})
     if address not in cache:
-        cache[address] = session.exec(select(User).where(User.address == address)).scalars().first()  # type: ignore[call-overload]
+        cache[address] = session.execute(_USER_BY_ADDRESS, {"address": address}).scalars().first()
     return cache[address]
 
 
@@ -119,7 +125,7 @@ def preload_users(addresses: Iterable[str], *, session: Session) -> None:
     wanted = {address.lower() for address in addresses if address} - cache.keys()
     if not wanted:
         return
-    found = {user.address: user for user in session.exec(select(User).where(User.address.in_(wanted))).scalars()}  # type: ignore[call-overload, attr-defined]
+    found = {user.address: user for user in session.execute(_USERS_BY_ADDRESS, {"addresses": list(wanted)}).scalars()}
     cache.update({address: found.get(address) for address in wanted})
 
 
@@ -157,7 +163,7 @@ def find_ticket(key: str, *, session: Session) -> Ticket | None:
     found: dict[str, Ticket] = session.info.setdefault("tickets", {})
     key = key.upper()
     if key not in found:
-        ticket = session.exec(select(Ticket).where(Ticket.key == key)).scalars().first()  # type: ignore[call-overload]
+        ticket = session.execute(_TICKET_BY_KEY, {"key": key}).scalars().first()
         if ticket is None:
             return None
         found[key] = ticket
