@@ -330,7 +330,7 @@ def _quick_header(raw: bytes, name: bytes) -> str:
     return ""
 
 
-@functools.lru_cache(maxsize=128)
+@functools.lru_cache(maxsize=None)  # one per batch size: a few hundred at most
 def _claim_statement(count: int) -> Any:
     """UPDATE ... RETURNING that claims `count` rows (one parameter per id: compiled once per count)."""
     inbox = InboxItem.__table__  # type: ignore[attr-defined]
@@ -345,7 +345,7 @@ def _claim_statement(count: int) -> Any:
             .returning(inbox.c.id, inbox.c.attempts))
 
 
-@functools.lru_cache(maxsize=128)
+@functools.lru_cache(maxsize=None)  # one per batch size: a few hundred at most
 def _known_statement(count: int) -> Any:
     """The ids of inbox rows with any of `count` SHA-256 digests."""
     inbox = InboxItem.__table__  # type: ignore[attr-defined]
@@ -353,7 +353,7 @@ def _known_statement(count: int) -> Any:
         inbox.c.sha256.in_([bindparam(f"sha_{number}", type_=inbox.c.sha256.type) for number in range(count)]))
 
 
-@functools.lru_cache(maxsize=128)
+@functools.lru_cache(maxsize=None)  # one per batch size: a few hundred at most
 def _raw_statement(count: int) -> Any:
     """The raw bytes of `count` inbox rows."""
     raw = InboxRaw.__table__  # type: ignore[attr-defined]

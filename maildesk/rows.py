@@ -34,6 +34,7 @@ class _Compiled:
 
 
 _CACHE: dict[tuple[str, str, tuple[str, ...]], _Compiled] = {}
+_PREPARED: dict[tuple[str, int], tuple[Any, _Compiled]] = {}
 
 
 def insert_one(model: type[SQLModel], values: Mapping[str, Any], *, session: Session) -> int:
@@ -93,10 +94,12 @@ def all_rows(statement: Any, values: Mapping[str, Any], *, session: Session) -> 
 def _run_prepared(statement: Any, values: Mapping[str, Any], *, session: Session,
                   fetch: Callable[[Any], Any]) -> Any:
     connection, cursor = _cursor(session)
-    key = (f"prepared {connection.dialect.name}", str(id(statement)), ())
-    if key not in _CACHE:
-        _CACHE[key] = _prepare(statement.compile(dialect=connection.dialect), connection.dialect)
-    compiled = _CACHE[key]
+    key = (connection.dialect.name, id(statement))
+    known = _PREPARED.get(key)
+    if known is None or known[0] is not statement:  # the statement is kept, so its id is never reused
+        known = _PREPARED[key] = (statement, _prepare(statement.compile(dialect=connection.dialect),
+                                                      connection.dialect))
+    compiled = known[1]
     with _errors(connection, compiled.sql):
         try:
             cursor.execute(compiled.sql, _parameters(compiled, {**compiled.defaults, **values}))

@@ -1,0 +1,49 @@
+"""maildesk.rows: prepared statements on the session's cursor, against a real SQLite database."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+from sqlalchemy import bindparam, select, update
+
+from maildesk import rows, store
+from maildesk.models import InboxItem
+
+T0 = datetime(2026, 12, 1, 9, 0, tzinfo=timezone.utc)
+INBOX = InboxItem.__table__  # type: ignore[attr-defined]
+
+
+def desk(tmp_path: Path):  # type: ignore[no-untyped-def]
+    engine = store.make_engine(f"sqlite:///{tmp_path / 'maildesk.db'}")
+    store.upgrade(engine)
+    with store.transaction(engine) as session:
+        for number, state in enumerate(("new", "failed", "processed")):
+            rows.insert_one(InboxItem, {"received_at": T0, "source": "test", "sha256": f"{number:064d}", "size": 1,
+                                        "message_id": f"<{number}@x>", "state": state, "reason": "", "attempts": 0,
+                                        "sender": ""}, session=session)
+    return engine
+
+
+def test_a_statement_with_literals_runs_with_them_and_returns_every_row(tmp_path: Path) -> None:
+    engine = desk(tmp_path)
+    claim = (update(INBOX).where(INBOX.c.state.in_([bindparam("new", "new"), bindparam("failed", "failed")]))
+             .values(state="processing", claimed_at=bindparam("now", type_=INBOX.c.claimed_at.type),
+                     attempts=INBOX.c.attempts + 1)
+             .returning(INBOX.c.message_id, INBOX.c.attempts))
+    with store.transaction(engine) as session:
+        assert sorted(rows.all_rows(claim, {"now": T0}, session=session)) == [("<0@x>", 1), ("<1@x>", 1)]
+        assert rows.all_rows(claim, {"now": T0}, session=session) == []  # nothing new or failed is left
+        assert rows.first_row(select(INBOX.c.claimed_at).where(INBOX.c.message_id == "<0@x>"), {},
+                              session=session) == ("2026-12-01 09:00:00.000000",)  # UTCDateTime's stored form
+
+
+def test_a_new_statement_with_the_id_of_a_freed_one_is_compiled_afresh(tmp_path: Path) -> None:
+    engine = desk(tmp_path)
+    states = select(INBOX.c.state).order_by(INBOX.c.id)
+    ids = select(INBOX.c.id).order_by(INBOX.c.id)
+    with store.transaction(engine) as session:
+        rows.all_rows(states, {}, session=session)
+        # as if `states` had been freed and `ids` had been given its address
+        rows._PREPARED[(engine.dialect.name, id(ids))] = rows._PREPARED[(engine.dialect.name, id(states))]
+        assert rows.all_rows(ids, {}, session=session) == [(1,), (2,), (3,)]
