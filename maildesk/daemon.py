@@ -125,6 +125,7 @@ class Daemon:
             thread.join(timeout=30)
         self.transport.close()
         self.parser.close()
+        self.engine.dispose()  # with SQLite the last connection closed checkpoints the log and removes it
         log.info("stopped")
 
     def _start_source(self) -> None:

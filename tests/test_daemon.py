@@ -50,6 +50,7 @@ def test_the_embedded_defaults_turn_a_test_mail_into_a_ticket_and_an_acknowledge
     acknowledgement = [path for path in sent_files(embedded.workdir) if b"To: demo@example.com" in path.read_bytes()]
     assert acknowledgement and f"[{tickets[0]['key']}]".encode() in acknowledgement[0].read_bytes()
     assert embedded.stop(signal.SIGTERM) == 0
+    assert not (embedded.workdir / "var" / "maildesk.db-wal").exists()  # checkpointed and removed at the stop
     assert "STOPPING=1" in embedded.messages + embedded.notify.recv(4096).decode().split("\n")
     log = embedded.log.read_text()
     assert "stopped" in log and f"ticket={tickets[0]['key']}" in log and "outcome=processed" in log
