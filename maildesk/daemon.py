@@ -94,6 +94,7 @@ class Daemon:
             defer_checkpoints(self.engine)  # before any thread holds a connection
             self._start_thread(WalCheckpointer(self.engine, self.signals.stop).run, "wal-checkpoint")
         self._recover()
+        self.pipeline.warm_up()
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_SECONDS))
         self._start_source()
         self._start_thread(self._sender_loop, "outbox-sender")

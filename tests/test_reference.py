@@ -68,3 +68,20 @@ def test_users_changed_in_the_transaction_are_read_afresh_not_from_the_snapshot(
         add_user("juris@servicedesk.example", session=session, name="Juris Ozols", now=utcnow(), organisation=None,
                  agent=True, responsible=False, language=None)  # it forgets the session's user cache
         assert {agent.name for agent in store.agents(session=session)} == {"Agnese Kalniņa", "Juris Ozols"}
+
+
+def test_the_pipeline_warms_up_the_templates_and_every_levels_holiday_calendar(tmp_path: Path) -> None:
+    from maildesk.config import load_settings
+    from maildesk.process import Pipeline
+    from maildesk.render import default_templates_dir
+
+    engine = desk(tmp_path)
+    (tmp_path / "empty.env").write_text("")
+    settings = load_settings(env_file=tmp_path / "empty.env", environ={
+        "MAILDESK_DATA_DIR": str(tmp_path / "var"), "MAILDESK_SUPPORT_ADDRESS": "support@servicedesk.example"})
+    sla._public_days.cache_clear()
+    pipeline = Pipeline(settings, engine)
+    pipeline.warm_up()
+    assert sla._public_days.cache_info().currsize == 1  # the default level's "LV" tables, for its years
+    text_templates = [path for path in default_templates_dir().rglob("*.j2") if not path.name.endswith(".html.j2")]
+    assert len(pipeline.notifier.renderer._text.cache) == len(text_templates)  # type: ignore[union-attr]

@@ -300,3 +300,17 @@ def test_a_remembered_macro_output_never_stands_in_for_a_differently_escaped_arg
     assert page.render(value=Markup("<b>")) == "[<b>]"  # equal to "<b>" as a key, not as HTML
     assert page.render(value="<b>") == "[&lt;b&gt;]"
     assert page.render(value=["<i>"]) == "[[&#39;&lt;i&gt;&#39;]]"
+
+
+def test_load_all_compiles_every_template_so_rendering_reads_no_template_file(tmp_path: Path) -> None:
+    renderer = Renderer(default_templates_dir())
+    files = list(default_templates_dir().rglob("*.j2"))
+    assert renderer.load_all() == len(files) + sum(1 for path in files if path.name == "_words.j2")
+
+    def no_file(*_args: Any) -> Any:
+        raise AssertionError("a template was read after load_all")
+    for environment in (renderer._text, renderer._html):
+        environment.loader.get_source = no_file  # type: ignore[method-assign, union-attr]
+    for name in TEMPLATES:
+        for language in LANGUAGES:
+            assert renderer.render(name, language, sample_context(name)).text
