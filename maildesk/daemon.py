@@ -31,7 +31,7 @@ from maildesk.process import Pipeline
 from maildesk.sdnotify import Notifier, watchdog_interval
 from maildesk.smtp import transport_for
 from maildesk.timers import sweep
-from maildesk.wal import WalCheckpointer, defer_checkpoints, is_sqlite
+from maildesk.wal import start_checkpointer
 
 log = logging.getLogger("maildesk.daemon")
 IDLE_WAKE_SECONDS = 1.0
@@ -90,9 +90,9 @@ class Daemon:
         """Start the source and the sender; returns at once (run() then drives the main loop)."""
         if isinstance(self.parser, ProcessParser) and self.settings.imap_configured:
             self.parser.start()  # the LMTP listener hands over one mail at a time: parsed in-process
-        if is_sqlite(self.engine):
-            defer_checkpoints(self.engine)  # before any thread holds a connection
-            self._start_thread(WalCheckpointer(self.engine, self.signals.stop).run, "wal-checkpoint")
+        checkpointer = start_checkpointer(self.engine, self.signals.stop)  # before any thread holds a connection
+        if checkpointer is not None:
+            self._threads.append(checkpointer)
         self._recover()
         self.pipeline.warm_up()
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_SECONDS))

@@ -290,20 +290,18 @@ class MailHandler:
         return session.execute(query.limit(1)).first() is not None
 
     def _count_sent(self, template: str, address: str, within: timedelta, *, session: Session, now: datetime) -> int:
-        row = rows.first_row(SENT_COUNT, {"template": template, "to": json.dumps([address]), "since": now - within},
-                             session=session)
-        return int(row[0]) if row else 0
+        return _count(SENT_COUNT, {"template": template, "to": json.dumps([address]), "since": now - within},
+                      session=session)
 
     def keeps_writing(self, address: str, ticket_id: int | None, *, session: Session, now: datetime) -> bool:
         """The circuit breaker for one ticket: its answer limit of mails to it in the last hour."""
-        row = rows.first_row(TICKET_MAIL_COUNT, {"sender": address, "ticket_id": ticket_id, "since": now - HOUR},
-                             session=session)
-        return (int(row[0]) if row else 0) >= self.settings.answer_limit_per_hour
+        return _count(TICKET_MAIL_COUNT, {"sender": address, "ticket_id": ticket_id, "since": now - HOUR},
+                      session=session) >= self.settings.answer_limit_per_hour
 
     def may_answer(self, address: str, *, session: Session, now: datetime) -> bool:
         """The circuit breaker: an address that keeps writing gets no automatic answers."""
-        row = rows.first_row(MAIL_COUNT, {"sender": address, "since": now - HOUR}, session=session)
-        return (int(row[0]) if row else 0) < self.settings.answer_limit_per_hour
+        return _count(MAIL_COUNT, {"sender": address, "since": now - HOUR},
+                      session=session) < self.settings.answer_limit_per_hour
 
     def save_message(self, mail: InboundMail, inbox_id: int, ticket: Ticket, *, session: Session,
                      now: datetime, internal: bool, unverified: bool = False) -> int:
@@ -366,3 +364,8 @@ class MailHandler:
         return Attachment(message_id=message_id, filename=filename[:300], content_type=content_type[:200],
                           size=size, sha256=digest, stored_name=stored_name)
 
+
+def _count(statement: object, values: dict[str, object], *, session: Session) -> int:
+    """One of the loop protection's counts."""
+    row = rows.first_row(statement, values, session=session)
+    return int(row[0]) if row else 0

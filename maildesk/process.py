@@ -107,8 +107,7 @@ class Pipeline:
         with store.transaction(self.engine) as session:
             distinct = list(dict.fromkeys(digests))
             known: dict[str, int] = {str(digest): int(inbox_id) for digest, inbox_id in rows.all_rows(
-                _known_statement(len(distinct)), {f"sha_{number}": digest for number, digest in enumerate(distinct)},
-                session=session)}
+                _known_statement(len(distinct)), rows.numbered_values("sha", distinct), session=session)}
             fresh: dict[str, int] = {}
             raw_rows: list[dict[str, object]] = []
             for raw, digest in zip(raws, digests):
@@ -167,7 +166,7 @@ class Pipeline:
         the ORM's bulk UPDATE, which costs milliseconds.
         """
         now = self.clock()
-        values = {f"id_{number}": inbox_id for number, inbox_id in enumerate(inbox_ids)}
+        values = rows.numbered_values("id", inbox_ids)
         values.update(worker=self.worker, now=now, lease_expired=now - CLAIM_LEASE)
         return {int(row[0]): int(row[1]) for row in rows.all_rows(_claim_statement(len(inbox_ids)), values,
                                                                    session=session)}
@@ -189,8 +188,7 @@ class Pipeline:
             attempts = self._claim(inbox_ids, session=session) if inbox_ids else {}
             missing = [inbox_id for inbox_id in attempts if inbox_id not in held]
             read = {int(inbox_id): bytes(raw) for inbox_id, raw in rows.all_rows(
-                _raw_statement(len(missing)), {f"id_{number}": inbox_id for number, inbox_id in enumerate(missing)},
-                session=session)} if missing else {}
+                _raw_statement(len(missing)), rows.numbered_values("id", missing), session=session)} if missing else {}
         claimed = [inbox_id for inbox_id in inbox_ids if inbox_id in attempts]
         if not claimed:
             return [None] * len(inbox_ids)
@@ -350,7 +348,7 @@ def _claim_statement(count: int) -> Any:
     inbox = InboxItem.__table__  # type: ignore[attr-defined]
     at = inbox.c.claimed_at.type
     return (update(inbox)
-            .where(inbox.c.id.in_([bindparam(f"id_{number}", type_=inbox.c.id.type) for number in range(count)]))
+            .where(inbox.c.id.in_(rows.numbered("id", count, inbox.c.id.type)))
             .where(or_(inbox.c.state.in_([bindparam(f"retry_{state}", state) for state in RETRYABLE]),
                        (inbox.c.state == bindparam("processing", State.PROCESSING.value))
                        & (inbox.c.claimed_at < bindparam("lease_expired", type_=at))))
@@ -364,7 +362,7 @@ def _known_statement(count: int) -> Any:
     """The ids of inbox rows with any of `count` SHA-256 digests."""
     inbox = InboxItem.__table__  # type: ignore[attr-defined]
     return select(inbox.c.sha256, inbox.c.id).where(
-        inbox.c.sha256.in_([bindparam(f"sha_{number}", type_=inbox.c.sha256.type) for number in range(count)]))
+        inbox.c.sha256.in_(rows.numbered("sha", count, inbox.c.sha256.type)))
 
 
 @functools.lru_cache(maxsize=None)  # one per batch size: a few hundred at most
@@ -372,7 +370,7 @@ def _raw_statement(count: int) -> Any:
     """The raw bytes of `count` inbox rows."""
     raw = InboxRaw.__table__  # type: ignore[attr-defined]
     return select(raw.c.inbox_id, raw.c.raw).where(
-        raw.c.inbox_id.in_([bindparam(f"id_{number}", type_=raw.c.inbox_id.type) for number in range(count)]))
+        raw.c.inbox_id.in_(rows.numbered("id", count, raw.c.inbox_id.type)))
 
 
 def quick_message_id(raw: bytes) -> str:

@@ -110,12 +110,13 @@ class _Template(Template):
     """
 
     def _get_default_module(self, ctx: Any = None) -> Any:
-        if self._module is None:
-            module = super()._get_default_module(None)
+        fresh = self._module is None
+        module = super()._get_default_module(None)
+        if fresh:
             for name, value in vars(module).items():
                 if isinstance(value, Macro):
                     setattr(module, name, _memoized(value))
-        return super()._get_default_module(None)
+        return module
 
 
 def _memoized(macro: Macro) -> Callable[..., Any]:

@@ -91,6 +91,17 @@ def all_rows(statement: Any, values: Mapping[str, Any], *, session: Session) -> 
     return _run_prepared(statement, values, session=session, fetch=lambda cursor: cursor.fetchall()) or []
 
 
+def numbered(name: str, count: int, type_: Any) -> list[Any]:
+    """Parameters `name_0` .. `name_{count-1}` for the IN list of a prepared statement, whose SQL
+    is fixed when compiled (SQLAlchemy's expanding IN would be rewritten per call)."""
+    return [bindparam(f"{name}_{number}", type_=type_) for number in range(count)]
+
+
+def numbered_values(name: str, values: Sequence[Any]) -> dict[str, Any]:
+    """The values for `numbered(name, len(values), ...)`."""
+    return {f"{name}_{number}": value for number, value in enumerate(values)}
+
+
 def _run_prepared(statement: Any, values: Mapping[str, Any], *, session: Session,
                   fetch: Callable[[Any], Any]) -> Any:
     connection, cursor = _cursor(session)
@@ -134,7 +145,7 @@ def _prepare(compiled: Any, dialect: Dialect) -> _Compiled:
     defaults = {name: bind.value for name, bind in zip(order, binds) if not bind.required}
     sql = str(compiled)
     if "POSTCOMPILE" in sql:
-        raise ValueError(f"a prepared statement needs one bindparam per value, not an IN list: {sql}")
+        raise ValueError(f"a prepared statement takes no expanding IN list (use rows.numbered): {sql}")
     return _Compiled(sql, order, processors, bool(compiled.positional), defaults)
 
 

@@ -74,18 +74,25 @@ class WalCheckpointer:
         return int(busy), int(logged), int(copied)
 
 
+def start_checkpointer(engine: Engine, stop: threading.Event) -> threading.Thread | None:
+    """With SQLite: the engine's connections leave checkpoints to a `WalCheckpointer` thread,
+    started here and ended by `stop`. None for other databases."""
+    if not is_sqlite(engine):
+        return None
+    defer_checkpoints(engine)
+    thread = threading.Thread(target=WalCheckpointer(engine, stop).run, name="wal-checkpoint", daemon=True)
+    thread.start()
+    return thread
+
+
 @contextmanager
 def checkpoints_in_background(engine: Engine) -> Iterator[None]:
     """While the block runs, a `WalCheckpointer` thread checkpoints for the engine (SQLite only)."""
-    if not is_sqlite(engine):
-        yield
-        return
-    defer_checkpoints(engine)
     stop = threading.Event()
-    thread = threading.Thread(target=WalCheckpointer(engine, stop).run, name="wal-checkpoint", daemon=True)
-    thread.start()
+    thread = start_checkpointer(engine, stop)
     try:
         yield
     finally:
         stop.set()
-        thread.join(timeout=30)
+        if thread is not None:
+            thread.join(timeout=30)
