@@ -314,3 +314,12 @@ def test_load_all_compiles_every_template_so_rendering_reads_no_template_file(tm
     for name in TEMPLATES:
         for language in LANGUAGES:
             assert renderer.render(name, language, sample_context(name)).text
+
+
+def test_a_dict_key_is_read_before_a_method_of_the_same_name_and_a_missing_key_still_fails(tmp_path: Path) -> None:
+    (tmp_path / "en").mkdir()
+    (tmp_path / "en" / "page.txt.j2").write_text("{{ row.items }}|{{ row.key }}|{{ text.upper }}")
+    page = Renderer(tmp_path)._text.get_template("en/page.txt.j2")
+    assert page.render(row={"items": "three", "key": "SD-1"}, text="x").startswith("three|SD-1|<built-in method upper")
+    with pytest.raises(UndefinedError):
+        page.render(row={"items": "three"}, text="x")
