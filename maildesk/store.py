@@ -16,13 +16,15 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import bindparam, event, func, select
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session, create_engine
 
 from maildesk import rows
 from maildesk.models import Event, Message, Organisation, Ticket, User
+from maildesk.turns import WriterTurns
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+SQLITE_BUSY_SECONDS = 30
 
 
 class DatabaseNotReady(RuntimeError):
@@ -30,14 +32,28 @@ class DatabaseNotReady(RuntimeError):
 
 
 def make_engine(url: str) -> Engine:
-    """An engine with SQLite tuned for one writer and many readers (WAL, busy timeout)."""
+    """An engine with SQLite tuned for one writer and many readers (WAL, busy timeout, the
+    process's writers taking turns in arrival order)."""
     if url.startswith("sqlite"):
         _ensure_sqlite_folder(url)
-        engine = create_engine(url, connect_args={"timeout": 30})
+        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_SECONDS})
         event.listen(engine, "connect", _sqlite_pragmas)
-        event.listen(engine, "begin", _sqlite_begin_immediate)
+        _take_turns(engine, WriterTurns(timeout=SQLITE_BUSY_SECONDS))
         return engine
     return create_engine(url, pool_pre_ping=True)
+
+
+def _take_turns(engine: Engine, turns: WriterTurns) -> None:
+    """Each transaction waits for its connection's turn, then takes SQLite's write lock; the turn
+    passes on when the connection goes back to the pool (after the COMMIT or ROLLBACK, so the
+    next writer finds the lock free instead of sleeping in the busy handler)."""
+    def begin(connection: Connection) -> None:
+        turns.take(connection.connection.dbapi_connection)
+        _sqlite_begin_immediate(connection)
+
+    event.listen(engine, "begin", begin)
+    event.listen(engine, "checkin", lambda dbapi_connection, _record: turns.give_back(dbapi_connection))
+    event.listen(engine, "invalidate", lambda dbapi_connection, _record, _error: turns.give_back(dbapi_connection))
 
 
 def _ensure_sqlite_folder(url: str) -> None:
@@ -52,18 +68,18 @@ def _sqlite_pragmas(connection: object, _record: object) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_SECONDS * 1000}")
     cursor.close()
 
 
-def _sqlite_begin_immediate(connection: object) -> None:
+def _sqlite_begin_immediate(connection: Connection) -> None:
     """Take SQLite's write lock when a transaction starts, not at its first write.
 
     A deferred transaction that reads and then writes fails at once with "database is
     locked" when another connection committed in between (its snapshot is stale, and the
     busy timeout cannot help); BEGIN IMMEDIATE makes writers queue on the busy timeout.
     """
-    connection.exec_driver_sql("BEGIN IMMEDIATE")  # type: ignore[attr-defined]
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _alembic_config() -> Config:
