@@ -13,6 +13,7 @@ what the ORM would store and the SQL stays portable between SQLite and PostgreSQ
 
 from __future__ import annotations
 
+from collections import namedtuple
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ class _Compiled:
 
 _CACHE: dict[tuple[str, str, tuple[str, ...]], _Compiled] = {}
 _PREPARED: dict[tuple[str, int], tuple[Any, _Compiled]] = {}
+_SHAPES: dict[tuple[str, int], tuple[Any, Any, tuple[Callable[[Any], Any] | None, ...]]] = {}
 
 
 def insert_one(model: type[SQLModel], values: Mapping[str, Any], *, session: Session) -> int:
@@ -91,6 +93,18 @@ def all_rows(statement: Any, values: Mapping[str, Any], *, session: Session) -> 
     return _run_prepared(statement, values, session=session, fetch=lambda cursor: cursor.fetchall()) or []
 
 
+def typed_rows(statement: Any, values: Mapping[str, Any], *, session: Session) -> list[Any]:
+    """Every row of a prepared statement as a named tuple of its columns, each value converted
+    by its column's type as a SQLAlchemy result would be (datetimes as datetimes)."""
+    found = all_rows(statement, values, session=session)
+    if not found:
+        return []
+    dialect = session.get_bind().dialect
+    shape, processors = _result_shape(statement, dialect)
+    return [shape._make([value if process is None else process(value) for value, process in zip(row, processors)])
+            for row in found]
+
+
 def numbered(name: str, count: int, type_: Any) -> list[Any]:
     """Parameters `name_0` .. `name_{count-1}` for the IN list of a prepared statement, whose SQL
     is fixed when compiled (SQLAlchemy's expanding IN would be rewritten per call)."""
@@ -120,6 +134,17 @@ def _run_prepared(statement: Any, values: Mapping[str, Any], *, session: Session
     if isinstance(found, list):
         return [tuple(row) for row in found]
     return tuple(found) if found is not None else None
+
+
+def _result_shape(statement: Any, dialect: Dialect) -> tuple[Any, tuple[Callable[[Any], Any] | None, ...]]:
+    key = (f"result {dialect.name}", id(statement))
+    known = _SHAPES.get(key)
+    if known is None or known[0] is not statement:
+        columns = list(statement.exported_columns)
+        shape = namedtuple("Row", [column.key for column in columns])  # type: ignore[misc]
+        processors = tuple(column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns)
+        known = _SHAPES[key] = (statement, shape, processors)
+    return known[1], known[2]
 
 
 def _compiled(kind: str, table: Table, names: tuple[str, ...], dialect: Dialect) -> _Compiled:

@@ -47,3 +47,15 @@ def test_a_new_statement_with_the_id_of_a_freed_one_is_compiled_afresh(tmp_path:
         # as if `states` had been freed and `ids` had been given its address
         rows._PREPARED[(engine.dialect.name, id(ids))] = rows._PREPARED[(engine.dialect.name, id(states))]
         assert rows.all_rows(ids, {}, session=session) == [(1,), (2,), (3,)]
+
+
+def test_typed_rows_name_each_column_and_convert_it_by_its_type(tmp_path: Path) -> None:
+    engine = desk(tmp_path)
+    claim = (update(INBOX).where(INBOX.c.state == bindparam("state"))
+             .values(claimed_at=bindparam("now", type_=INBOX.c.claimed_at.type))
+             .returning(INBOX.c.message_id, INBOX.c.claimed_at, INBOX.c.attempts))
+    with store.transaction(engine) as session:
+        (row,) = rows.typed_rows(claim, {"state": "failed", "now": T0}, session=session)
+        assert rows.typed_rows(claim, {"state": "held", "now": T0}, session=session) == []
+    assert (row.message_id, row.claimed_at, row.attempts) == ("<1@x>", T0, 0)
+    assert row.claimed_at.tzinfo is not None  # a datetime in UTC, as the ORM gives it, not the stored text
