@@ -30,10 +30,10 @@ from sqlalchemy import Row, bindparam, func, select, update
 from sqlalchemy.engine import Engine
 
 from maildesk import store
-from maildesk.rows import typed_rows
 from maildesk.config import Settings
 from maildesk.models import OutboxItem, UTCDateTime
 from maildesk.notify import LOOP_HEADER, header_safe
+from maildesk.rows import typed_rows
 
 log = logging.getLogger("maildesk.outbox")
 SENDER_NAME = "Service Desk"
