@@ -34,9 +34,18 @@ class _Compiled:
     defaults: Mapping[str, Any]  # the values of parameters the statement itself fixed (its literals)
 
 
+@dataclass(frozen=True)
+class _Prepared:
+    """A module-level statement with its compiled form and the shape of the rows it returns."""
+
+    statement: Any  # kept, so that its id is never reused while the entry exists
+    compiled: _Compiled
+    row: Any  # a named tuple class of the returned columns
+    converters: tuple[Callable[[Any], Any] | None, ...]  # each returned column's result processor
+
+
 _CACHE: dict[tuple[str, str, tuple[str, ...]], _Compiled] = {}
-_PREPARED: dict[tuple[str, int], tuple[Any, _Compiled]] = {}
-_SHAPES: dict[tuple[str, int], tuple[Any, Any, tuple[Callable[[Any], Any] | None, ...]]] = {}
+_PREPARED: dict[tuple[str, int], _Prepared] = {}
 
 
 def insert_one(model: type[SQLModel], values: Mapping[str, Any], *, session: Session) -> int:
@@ -99,10 +108,9 @@ def typed_rows(statement: Any, values: Mapping[str, Any], *, session: Session) -
     found = all_rows(statement, values, session=session)
     if not found:
         return []
-    dialect = session.get_bind().dialect
-    shape, processors = _result_shape(statement, dialect)
-    return [shape._make([value if process is None else process(value) for value, process in zip(row, processors)])
-            for row in found]
+    prepared = _prepared(statement, session.get_bind().dialect)
+    return [prepared.row._make([value if convert is None else convert(value)
+                                for value, convert in zip(row, prepared.converters)]) for row in found]
 
 
 def numbered(name: str, count: int, type_: Any) -> list[Any]:
@@ -119,12 +127,7 @@ def numbered_values(name: str, values: Sequence[Any]) -> dict[str, Any]:
 def _run_prepared(statement: Any, values: Mapping[str, Any], *, session: Session,
                   fetch: Callable[[Any], Any]) -> Any:
     connection, cursor = _cursor(session)
-    key = (connection.dialect.name, id(statement))
-    known = _PREPARED.get(key)
-    if known is None or known[0] is not statement:  # the statement is kept, so its id is never reused
-        known = _PREPARED[key] = (statement, _prepare(statement.compile(dialect=connection.dialect),
-                                                      connection.dialect))
-    compiled = known[1]
+    compiled = _prepared(statement, connection.dialect).compiled
     with _errors(connection, compiled.sql):
         try:
             cursor.execute(compiled.sql, _parameters(compiled, {**compiled.defaults, **values}))
@@ -136,15 +139,16 @@ def _run_prepared(statement: Any, values: Mapping[str, Any], *, session: Session
     return tuple(found) if found is not None else None
 
 
-def _result_shape(statement: Any, dialect: Dialect) -> tuple[Any, tuple[Callable[[Any], Any] | None, ...]]:
-    key = (f"result {dialect.name}", id(statement))
-    known = _SHAPES.get(key)
-    if known is None or known[0] is not statement:
+def _prepared(statement: Any, dialect: Dialect) -> _Prepared:
+    key = (dialect.name, id(statement))
+    known = _PREPARED.get(key)
+    if known is None or known.statement is not statement:  # the statement is kept, so its id is never reused
         columns = list(statement.exported_columns)
-        shape = namedtuple("Row", [column.key for column in columns])  # type: ignore[misc]
-        processors = tuple(column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns)
-        known = _SHAPES[key] = (statement, shape, processors)
-    return known[1], known[2]
+        known = _PREPARED[key] = _Prepared(
+            statement, _prepare(statement.compile(dialect=dialect), dialect),
+            namedtuple("Row", [column.key for column in columns], rename=True),  # type: ignore[misc]
+            tuple(column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns))
+    return known
 
 
 def _compiled(kind: str, table: Table, names: tuple[str, ...], dialect: Dialect) -> _Compiled:
