@@ -21,7 +21,7 @@ from sqlalchemy import select
 from maildesk import store
 from maildesk.config import Settings, load_settings
 from maildesk.directory import add_organisation, add_user
-from maildesk.imap import ImapPoller, PollReport, check_connection, chunks_by_size, uid_ranges
+from maildesk.imap import ImapPoller, PollReport, check_connection, chunks_by_size, open_client, uid_ranges
 from maildesk.models import ImapCursor, InboxItem, InboxRaw, OutboxItem, Ticket
 from maildesk.process import Pipeline
 from tests.mailbuilder import make_mail
@@ -427,6 +427,30 @@ def test_check_connection_says_what_is_wrong_without_the_password(tmp_path: Path
     closed_port = free_port()
     problem = check_connection(desk_settings(tmp_path, dovecot, imap_port=str(closed_port)))
     assert problem is not None and problem.startswith(f"cannot connect to IMAP 127.0.0.1:{closed_port}: ")
+
+
+def test_a_fetched_mail_is_formatted_for_imaplib_debug_lines_only_when_they_are_logged(
+        tmp_path: Path, dovecot: Any, caplog: pytest.LogCaptureFixture) -> None:
+    dovecot.reset()
+    dovecot.append("INBOX", customer_mail("A long report", body="lorem ipsum\n" * 5000))
+    settings = desk_settings(tmp_path, dovecot)
+
+    def debug_text_of_one_fetch() -> list[str]:
+        client = open_client(settings)
+        formatted: list[str] = []
+        client._imap._mesg = formatted.append  # where imaplib sends its debug lines
+        try:
+            client.select_folder("INBOX", readonly=True)
+            [body] = [data[b"BODY[]"] for data in client.fetch(client.search(), ["BODY.PEEK[]"]).values()]
+            assert body.count(b"lorem ipsum") == 5000
+        finally:
+            client.logout()
+        return formatted
+
+    caplog.set_level(logging.INFO, logger="imapclient.imaplib")
+    assert debug_text_of_one_fetch() == []
+    caplog.set_level(logging.DEBUG, logger="imapclient.imaplib")
+    assert any("lorem ipsum" in line for line in debug_text_of_one_fetch())
 
 
 @pytest.mark.parametrize(("uids", "expected"), [
