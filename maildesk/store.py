@@ -121,7 +121,7 @@ def transaction(engine: Engine) -> Iterator[Session]:
 # Built once: SQLAlchemy then finds each in its compiled cache without building it per call.
 _USER_BY_ADDRESS = select(User).where(User.address == bindparam("address"))
 _USERS_BY_ADDRESS = select(User).where(User.address.in_(bindparam("addresses", expanding=True)))  # type: ignore[attr-defined]
-_TICKET_BY_KEY = select(Ticket).where(Ticket.key == bindparam("key"))
+_TICKET_BY_KEY = select(Ticket.__table__).where(Ticket.__table__.c.key == bindparam("key"))  # type: ignore[attr-defined]
 
 
 def find_user(address: str, *, session: Session) -> User | None:
@@ -175,14 +175,21 @@ def find_organisation(name: str, *, session: Session) -> Organisation | None:
 
 def find_ticket(key: str, *, session: Session) -> Ticket | None:
     """The ticket with this key; found tickets are remembered for the session (routing and
-    handling look the same one up), a miss is not (a batch may create that ticket next)."""
+    handling look the same one up), a miss is not (a batch may create that ticket next).
+
+    Read through `rows`: half the cost of an ORM query, and no autoflush, so the tickets a
+    batch changes are saved once at its end rather than before every lookup. A ticket added
+    to the session but not yet flushed is flushed first, as the query would have done.
+    """
     found: dict[str, Ticket] = session.info.setdefault("tickets", {})
     key = key.upper()
     if key not in found:
-        ticket = session.execute(_TICKET_BY_KEY, {"key": key}).scalars().first()
-        if ticket is None:
+        if any(isinstance(pending, Ticket) for pending in session.new):
+            session.flush()
+        row = next(iter(rows.typed_rows(_TICKET_BY_KEY, {"key": key}, session=session)), None)
+        if row is None:
             return None
-        found[key] = ticket
+        found[key] = rows.persistent(Ticket, row._asdict(), session=session)
     return found[key]
 
 

@@ -40,13 +40,14 @@ def create_ticket(data: NewTicketData, *, session: Session, settings: Settings, 
 
     The row is written whole, deadlines included, with one INSERT and the key's UPDATE; the
     ticket then joins the session as a persistent object, so later changes are saved with it.
+    The values are ours, so the object is built without SQLModel's validation (`rows.new_object`).
     """
-    ticket = Ticket(key=f"new-{secrets.token_hex(8)}", type=data.type or DEFAULT_TYPE,  # until the id is known
-                    summary=data.summary.strip()[:1000] or "(no subject)", description=data.description,
-                    status=Status.OPEN.value, reporter=data.reporter.address,
-                    organisation_id=data.reporter.organisation_id, holder=Holder.QUEUE.value,
-                    channel=data.channel, thread_id=data.thread_id, created_at=now, updated_at=now,
-                    status_changed_at=now, estimate_version=0)
+    ticket = rows.new_object(Ticket, dict(
+        key=f"new-{secrets.token_hex(8)}", type=data.type or DEFAULT_TYPE,  # until the id is known
+        summary=data.summary.strip()[:1000] or "(no subject)", description=data.description,
+        status=Status.OPEN.value, reporter=data.reporter.address, organisation_id=data.reporter.organisation_id,
+        holder=Holder.QUEUE.value, channel=data.channel, thread_id=data.thread_id, created_at=now, updated_at=now,
+        status_changed_at=now, estimate_version=0))
     deadlines.on_status_change(ticket, session=session, settings=settings, now=now)
     ticket.id = rows.insert_one(Ticket, {name: getattr(ticket, name) for name in TICKET_COLUMNS}, session=session)
     ticket.key = f"{settings.ticket_prefix}-{ticket.id}"

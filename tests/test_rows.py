@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from pathlib import Path
 
+import pytest
 from sqlalchemy import bindparam, select, update
 
 from maildesk import rows, store
-from maildesk.models import InboxItem
+from maildesk.models import InboxItem, Ticket
 
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=timezone.utc)
 INBOX = InboxItem.__table__  # type: ignore[attr-defined]
@@ -59,3 +60,50 @@ def test_typed_rows_name_each_column_and_convert_it_by_its_type(tmp_path: Path) 
         assert rows.typed_rows(claim, {"state": "held", "now": T0}, session=session) == []
     assert (row.message_id, row.claimed_at, row.attempts) == ("<1@x>", T0, 0)
     assert row.claimed_at.tzinfo is not None  # a datetime in UTC, as the ORM gives it, not the stored text
+
+
+def ticket_values(**changes: object) -> dict[str, object]:
+    values: dict[str, object] = dict(key="SD-1", summary="Printer", reporter="anna@acme.example", created_at=T0,
+                                     updated_at=T0, status_changed_at=T0)
+    return {**values, **changes}
+
+
+def test_new_object_has_the_values_and_the_defaults_a_validated_one_has() -> None:
+    built = rows.new_object(Ticket, ticket_values())
+    validated = Ticket(**ticket_values())
+    assert built.model_dump() == validated.model_dump()
+    assert (built.status, built.holder, built.agent) == ("OPEN", "agents", None)
+
+
+def test_new_object_still_refuses_a_row_without_a_required_field() -> None:
+    values = ticket_values()
+    del values["reporter"]
+    with pytest.raises(TypeError, match="reporter"):
+        rows.new_object(Ticket, values)
+
+
+def test_persistent_gives_the_object_the_session_holds_or_one_it_saves_like_a_loaded_one(tmp_path: Path) -> None:
+    engine = desk(tmp_path)
+    with store.transaction(engine) as session:
+        whole = rows.new_object(Ticket, ticket_values()).model_dump(exclude={"id"})
+        ticket_id = rows.insert_one(Ticket, whole, session=session)
+    by_id = select(Ticket.__table__).where(Ticket.__table__.c.id == bindparam("id"))  # type: ignore[attr-defined]
+    with store.transaction(engine) as session:
+        (row,) = rows.typed_rows(by_id, {"id": ticket_id}, session=session)
+        ticket = rows.persistent(Ticket, row._asdict(), session=session)
+        assert ticket in session and not session.dirty  # as if a query had loaded it
+        assert session.get(Ticket, ticket_id) is ticket  # no second object, no query
+        assert rows.persistent(Ticket, row._asdict(), session=session) is ticket
+        ticket.status = "WAITING FOR CUSTOMER"
+        assert rows.persistent(Ticket, row._asdict(), session=session).status == "WAITING FOR CUSTOMER"
+    with store.transaction(engine) as session:
+        assert session.get(Ticket, ticket_id).status == "WAITING FOR CUSTOMER"  # the change was saved
+
+
+def test_find_ticket_flushes_a_ticket_added_but_not_yet_saved(tmp_path: Path) -> None:
+    engine = desk(tmp_path)
+    with store.transaction(engine) as session:
+        added = Ticket(**ticket_values(key="SD-7"))
+        session.add(added)
+        assert store.find_ticket("sd-7", session=session) is added
+        assert store.find_ticket("SD-8", session=session) is None
