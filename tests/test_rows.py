@@ -107,3 +107,22 @@ def test_find_ticket_flushes_a_ticket_added_but_not_yet_saved(tmp_path: Path) ->
         session.add(added)
         assert store.find_ticket("sd-7", session=session) is added
         assert store.find_ticket("SD-8", session=session) is None
+
+
+def test_rows_written_in_a_savepoint_go_when_it_is_rolled_back_though_the_transaction_wrote_before(
+        tmp_path: Path) -> None:
+    engine = desk(tmp_path)
+    row = {"received_at": T0, "source": "test", "message_id": "", "size": 1, "state": "new", "reason": "",
+           "attempts": 0, "sender": ""}
+    with store.transaction(engine) as session:
+        rows.insert_one(InboxItem, {**row, "sha256": "a" * 64}, session=session)  # the connection is now known
+        with pytest.raises(RuntimeError):
+            with session.begin_nested():
+                rows.insert_one(InboxItem, {**row, "sha256": "b" * 64}, session=session)
+                raise RuntimeError("the mail breaks")
+        with session.begin_nested():
+            rows.insert_one(InboxItem, {**row, "sha256": "c" * 64}, session=session)
+    digests = select(INBOX.c.sha256).where(INBOX.c.source == "test").order_by(INBOX.c.sha256)
+    with store.transaction(engine) as session:
+        kept = [digest[0] for (digest,) in rows.all_rows(digests, {}, session=session)]
+    assert kept == ["0", "0", "0", "a", "c"]  # desk()'s three, then ours without the rolled-back one
