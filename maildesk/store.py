@@ -10,6 +10,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -21,6 +22,7 @@ from sqlmodel import Session, create_engine
 
 from maildesk import rows
 from maildesk.models import Event, Message, Organisation, Ticket, User
+from maildesk.rows import Model
 from maildesk.turns import WriterTurns
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -119,18 +121,18 @@ def transaction(engine: Engine) -> Iterator[Session]:
 
 
 # Built once: SQLAlchemy then finds each in its compiled cache without building it per call.
-_USER_BY_ADDRESS = select(User).where(User.address == bindparam("address"))
+_USER_BY_ADDRESS = select(User.__table__).where(User.__table__.c.address == bindparam("address"))  # type: ignore[attr-defined]
 _USERS_BY_ADDRESS = select(User).where(User.address.in_(bindparam("addresses", expanding=True)))  # type: ignore[attr-defined]
 _TICKET_BY_KEY = select(Ticket.__table__).where(Ticket.__table__.c.key == bindparam("key"))  # type: ignore[attr-defined]
 
 
 def find_user(address: str, *, session: Session) -> User | None:
     """The user with this address (case-insensitive); cached for the session's transaction,
-    because one mail looks the same people up many times."""
+    because one mail looks the same people up many times. Read as `find_ticket` reads."""
     address = address.lower()
     cache: dict[str, User | None] = session.info.setdefault("users", {})
     if address not in cache:
-        cache[address] = session.execute(_USER_BY_ADDRESS, {"address": address}).scalars().first()
+        cache[address] = _row_object(User, _USER_BY_ADDRESS, {"address": address}, session=session)
     return cache[address]
 
 
@@ -177,20 +179,29 @@ def find_ticket(key: str, *, session: Session) -> Ticket | None:
     """The ticket with this key; found tickets are remembered for the session (routing and
     handling look the same one up), a miss is not (a batch may create that ticket next).
 
-    Read through `rows`: half the cost of an ORM query, and no autoflush, so the tickets a
-    batch changes are saved once at its end rather than before every lookup. A ticket added
-    to the session but not yet flushed is flushed first, as the query would have done.
+    Read through `rows` (`_row_object`), not by an ORM query.
     """
     found: dict[str, Ticket] = session.info.setdefault("tickets", {})
     key = key.upper()
     if key not in found:
-        if any(isinstance(pending, Ticket) for pending in session.new):
-            session.flush()
-        row = next(iter(rows.typed_rows(_TICKET_BY_KEY, {"key": key}, session=session)), None)
-        if row is None:
+        ticket = _row_object(Ticket, _TICKET_BY_KEY, {"key": key}, session=session)
+        if ticket is None:
             return None
-        found[key] = rows.persistent(Ticket, row._asdict(), session=session)
+        found[key] = ticket
     return found[key]
+
+
+def _row_object(model: type[Model], statement: Any, values: dict[str, Any], *, session: Session) -> Model | None:
+    """The object of the first row of `statement`, read through `rows` and joined to the session.
+
+    Half the cost of an ORM query, and no autoflush: the tickets a batch changes are saved
+    once at its end instead of before every lookup. An object of `model` added to the session
+    but not yet flushed is flushed first, as the query would have done.
+    """
+    if any(isinstance(pending, model) for pending in session.new):
+        session.flush()
+    found = rows.typed_rows(statement, values, session=session)
+    return rows.persistent(model, found[0]._asdict(), session=session) if found else None
 
 
 def remember_ticket(ticket: Ticket, *, session: Session) -> None:
