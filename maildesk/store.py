@@ -6,6 +6,7 @@ events and its outbox rows commit together or not at all.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -122,7 +123,6 @@ def transaction(engine: Engine) -> Iterator[Session]:
 
 # Built once: SQLAlchemy then finds each in its compiled cache without building it per call.
 _USER_BY_ADDRESS = select(User.__table__).where(User.__table__.c.address == bindparam("address"))  # type: ignore[attr-defined]
-_USERS_BY_ADDRESS = select(User).where(User.address.in_(bindparam("addresses", expanding=True)))  # type: ignore[attr-defined]
 _TICKET_BY_KEY = select(Ticket.__table__).where(Ticket.__table__.c.key == bindparam("key"))  # type: ignore[attr-defined]
 
 
@@ -140,11 +140,21 @@ def preload_users(addresses: Iterable[str], *, session: Session) -> None:
     """Look up a batch's senders in one query (and remember who is unknown), before the mails
     ask for them one by one."""
     cache: dict[str, User | None] = session.info.setdefault("users", {})
-    wanted = {address.lower() for address in addresses if address} - cache.keys()
+    wanted = sorted({address.lower() for address in addresses if address} - cache.keys())
     if not wanted:
         return
-    found = {user.address: user for user in session.execute(_USERS_BY_ADDRESS, {"addresses": list(wanted)}).scalars()}
+    if any(isinstance(pending, User) for pending in session.new):
+        session.flush()
+    found = {row.address: rows.persistent(User, row._asdict(), session=session) for row in rows.typed_rows(
+        _users_statement(len(wanted)), rows.numbered_values("address", wanted), session=session)}
     cache.update({address: found.get(address) for address in wanted})
+
+
+@functools.lru_cache(maxsize=None)  # one per batch size: a few hundred at most
+def _users_statement(count: int) -> Any:
+    """The users with any of `count` addresses (read through `rows`, as `_row_object` reads)."""
+    users = User.__table__  # type: ignore[attr-defined]
+    return select(users).where(users.c.address.in_(rows.numbered("address", count, users.c.address.type)))
 
 
 def forget_users(*, session: Session) -> None:
