@@ -213,11 +213,11 @@ class Pipeline:
         rolled back and handled again with a savepoint per mail, so only the broken one fails.
 
         A savepoint per mail cost 16 % of processing, and mails that raise are rare (a bug, a
-        database error): the batch then pays twice, once.
+        database error): the batch then pays twice, once. A batch of one needs no savepoint.
         """
         if len(inbox_ids) == 1:
-            return {inbox_ids[0]: self._process_one(inbox_ids[0], next(parsed), attempts[inbox_ids[0]], session,
-                                                    started)}
+            return {inbox_ids[0]: self._process_alone(inbox_ids[0], next(parsed), attempts[inbox_ids[0]], session,
+                                                      started)}
         mails: list[Parsed] = []
         outcomes: dict[int, Outcome] = {}
         try:
@@ -244,10 +244,27 @@ class Pipeline:
             with session.begin_nested():
                 return self._process_unguarded(inbox_id, mail, attempts, session, started)
         except Exception as error:
-            log.exception("message %s failed", mail.message_id or f"inbox:{inbox_id}")
-            self._forget_session_objects(session)
-            return self._mark_failed(inbox_id, f"{type(error).__name__}: {error}", attempts >= MAX_ATTEMPTS,
-                                     mail.message_id, session, started)
+            return self._failed(inbox_id, mail, error, attempts, session, started)
+
+    def _process_alone(self, inbox_id: int, mail: Parsed, attempts: int, session: Session,
+                       started: float) -> Outcome:
+        """The only mail of its transaction (LMTP, IDLE, `ingest`): if it raises, the whole
+        transaction is rolled back, as its savepoint would have been, and the failure is written
+        in a new one. SAVEPOINT and RELEASE cost 1 ms of the 12 a lone mail takes."""
+        if isinstance(mail, tuple):
+            return self._process_unguarded(inbox_id, mail, attempts, session, started)
+        try:
+            return self._process_unguarded(inbox_id, mail, attempts, session, started)
+        except Exception as error:
+            session.rollback()  # the transaction held this mail's writes and reads only
+            return self._failed(inbox_id, mail, error, attempts, session, started)
+
+    def _failed(self, inbox_id: int, mail: InboundMail, error: Exception, attempts: int, session: Session,
+                started: float) -> Outcome:
+        log.exception("message %s failed", mail.message_id or f"inbox:{inbox_id}", exc_info=error)
+        self._forget_session_objects(session)
+        return self._mark_failed(inbox_id, f"{type(error).__name__}: {error}", attempts >= MAX_ATTEMPTS,
+                                 mail.message_id, session, started)
 
     def _process_unguarded(self, inbox_id: int, mail: Parsed, attempts: int, session: Session,
                            started: float) -> Outcome:

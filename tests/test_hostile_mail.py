@@ -650,3 +650,29 @@ def test_a_message_that_fails_after_its_ticket_was_written_leaves_the_next_ticke
     told = [(row.ticket_id, row.template, row.to_addresses) for row in desk.rows(OutboxItem)]
     assert len(told) == len(set(told)) and {row[1] for row in told} >= {"ticket_created"}
     assert sorted(template for _, template, _ in told).count("ticket_created") == 2
+
+
+def test_a_lone_message_that_fails_after_its_ticket_was_written_leaves_nothing_but_its_failure(
+        desk: FastDesk, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mail processed alone (LMTP, IDLE, `ingest`) runs without a savepoint: its failure rolls
+    back the whole transaction, then is recorded in a new one."""
+    real = Notifier.notify
+
+    def breaks_on_the_poison(self: Notifier, ticket: Any, *args: Any, **kwargs: Any) -> Any:
+        if ticket.summary == "Poison":
+            raise RuntimeError("injected fault after the ticket row")
+        return real(self, ticket, *args, **kwargs)
+
+    monkeypatch.setattr(Notifier, "notify", breaks_on_the_poison)
+    pipeline = desk.pipe()
+    stored = pipeline.store_many([make_mail(PETER, "Poison", "Breaks.", to="support@desk.example"),
+                                  make_mail(ANNA, "Good", "Fine.", to="support@desk.example")], "pipe")
+    (poisoned,) = pipeline.process_many([stored[0].inbox_id])
+    (good,) = pipeline.process_many([stored[1].inbox_id])
+    assert poisoned is not None and (poisoned.state, poisoned.ticket) == ("failed", None)
+    assert "RuntimeError: injected fault after the ticket row" in poisoned.reason
+    assert good is not None and good.state == "processed"
+    assert [ticket.summary for ticket in desk.rows(Ticket)] == ["Good"]
+    assert {row.ticket_id for row in desk.rows(OutboxItem)} == {desk.rows(Ticket)[0].id}
+    (row,) = desk.rows(InboxItem, InboxItem.id == stored[0].inbox_id)
+    assert (row.state, row.attempts, row.claimed_by) == ("failed", 1, None)
