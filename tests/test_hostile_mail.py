@@ -627,10 +627,9 @@ def test_nul_bytes_in_a_body_a_name_or_a_file_name_still_make_a_ticket_on_every_
     assert row["state"] == "quarantined" and "NUL bytes in the header" in row["reason"] and row["message_id"] == "<ab@x>"
 
 
-def test_a_message_that_fails_after_its_ticket_was_written_leaves_the_next_ticket_unharmed(
-        desk: FastDesk, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The failing mail's ticket row is rolled back with its savepoint; the next mail of the same
-    batch gets the id that row had (SQLite reuses it) and must still become a ticket."""
+def break_notify_for_the_poison(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault injection after the ticket row is written: notifying about the ticket whose
+    summary is "Poison" raises."""
     real = Notifier.notify
 
     def breaks_on_the_poison(self: Notifier, ticket: Any, *args: Any, **kwargs: Any) -> Any:
@@ -639,6 +638,13 @@ def test_a_message_that_fails_after_its_ticket_was_written_leaves_the_next_ticke
         return real(self, ticket, *args, **kwargs)
 
     monkeypatch.setattr(Notifier, "notify", breaks_on_the_poison)
+
+
+def test_a_message_that_fails_after_its_ticket_was_written_leaves_the_next_ticket_unharmed(
+        desk: FastDesk, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The failing mail's ticket row is rolled back with its savepoint; the next mail of the same
+    batch gets the id that row had (SQLite reuses it) and must still become a ticket."""
+    break_notify_for_the_poison(monkeypatch)
     mails = [make_mail(ANNA, "Good 1", "One.", to="support@desk.example"),
              make_mail(PETER, "Poison", "Breaks.", to="support@desk.example"),
              make_mail(BOSS, "Good 2", "Two.", to="support@desk.example")]
@@ -656,14 +662,7 @@ def test_a_lone_message_that_fails_after_its_ticket_was_written_leaves_nothing_b
         desk: FastDesk, monkeypatch: pytest.MonkeyPatch) -> None:
     """A mail processed alone (LMTP, IDLE, `ingest`) runs without a savepoint: its failure rolls
     back the whole transaction, then is recorded in a new one."""
-    real = Notifier.notify
-
-    def breaks_on_the_poison(self: Notifier, ticket: Any, *args: Any, **kwargs: Any) -> Any:
-        if ticket.summary == "Poison":
-            raise RuntimeError("injected fault after the ticket row")
-        return real(self, ticket, *args, **kwargs)
-
-    monkeypatch.setattr(Notifier, "notify", breaks_on_the_poison)
+    break_notify_for_the_poison(monkeypatch)
     pipeline = desk.pipe()
     stored = pipeline.store_many([make_mail(PETER, "Poison", "Breaks.", to="support@desk.example"),
                                   make_mail(ANNA, "Good", "Fine.", to="support@desk.example")], "pipe")
