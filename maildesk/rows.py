@@ -261,11 +261,15 @@ def _cursor(session: Session) -> tuple[Connection, Any]:
     row (tickets and users are flushed when created), and an early flush would send a ticket's
     UPDATE once per row written instead of once per mail.
     """
-    transaction = session.get_nested_transaction() or session.get_transaction()
     known = session.info.get("rows_connection")
-    if transaction is not None and known is not None and known[0] is transaction:
+    if known is not None and known[0] is _innermost_transaction(session):
         connection = known[1]
     else:
-        connection = session.connection()
-        session.info["rows_connection"] = (session.get_nested_transaction() or session.get_transaction(), connection)
+        connection = session.connection()  # begins the transaction (or the savepoint) if not yet begun
+        session.info["rows_connection"] = (_innermost_transaction(session), connection)
     return connection, connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+
+
+def _innermost_transaction(session: Session) -> Any:
+    """The savepoint in progress, else the transaction, else None."""
+    return session.get_nested_transaction() or session.get_transaction()

@@ -143,8 +143,7 @@ def preload_users(addresses: Iterable[str], *, session: Session) -> None:
     wanted = sorted({address.lower() for address in addresses if address} - cache.keys())
     if not wanted:
         return
-    if any(isinstance(pending, User) for pending in session.new):
-        session.flush()
+    _flush_new(User, session=session)
     found = {row.address: rows.persistent(User, row._asdict(), session=session) for row in rows.typed_rows(
         _users_statement(len(wanted)), rows.numbered_values("address", wanted), session=session)}
     cache.update({address: found.get(address) for address in wanted})
@@ -205,13 +204,18 @@ def _row_object(model: type[Model], statement: Any, values: dict[str, Any], *, s
     """The object of the first row of `statement`, read through `rows` and joined to the session.
 
     Half the cost of an ORM query, and no autoflush: the tickets a batch changes are saved
-    once at its end instead of before every lookup. An object of `model` added to the session
-    but not yet flushed is flushed first, as the query would have done.
+    once at its end instead of before every lookup.
     """
-    if any(isinstance(pending, model) for pending in session.new):
-        session.flush()
+    _flush_new(model, session=session)
     found = rows.typed_rows(statement, values, session=session)
     return rows.persistent(model, found[0]._asdict(), session=session) if found else None
+
+
+def _flush_new(model: type[Model], *, session: Session) -> None:
+    """Flush when an object of `model` was added to the session and not yet written: a lookup
+    through `rows` sees only written rows, and an ORM query would have flushed it first."""
+    if any(isinstance(pending, model) for pending in session.new):
+        session.flush()
 
 
 def remember_ticket(ticket: Ticket, *, session: Session) -> None:
