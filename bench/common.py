@@ -143,6 +143,20 @@ def append_all(dovecot: object, raws: Iterable[bytes], folder: str = "INBOX") ->
     return count, time.perf_counter() - started
 
 
+def flush_setup_writes() -> None:
+    """Write back what the set-up left in the page cache (`os.sync`) before the timed part.
+
+    While the kernel writes back a large amount of dirty pages it throttles every other writer
+    (`balance_dirty_pages`). A run on a 1M-row database copied just before it paid for the copy:
+    each commit took four times as long as on an empty one (1.5 against 0.35 ms a mail); after a
+    sync, the two were equal. A desk that has run for years has its history on disk, so no timed
+    part starts with the set-up's writes still pending.
+    """
+    started = time.perf_counter()
+    os.sync()
+    print(f"page cache written back in {time.perf_counter() - started:.1f} s (os.sync, before the timed part)")
+
+
 def db_path(settings: object) -> Path:
     return Path(str(settings.database_url).split("///", 1)[1])  # type: ignore[attr-defined]
 
