@@ -18,6 +18,7 @@ import logging
 import ssl
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 
@@ -30,7 +31,7 @@ from sqlmodel import col
 from maildesk import store
 from maildesk.config import Settings
 from maildesk.models import ImapCursor, InboxItem, utcnow
-from maildesk.process import Pipeline
+from maildesk.process import Pipeline, Prepared
 
 log = logging.getLogger("maildesk.imap")
 
@@ -181,26 +182,43 @@ class ImapPoller:
     def _process(self, entries: dict[int, int]) -> tuple[int, dict[str, list[int]]]:
         """Run the pipeline on the stored rows; the folder each original belongs in, by its final state.
 
-        Rows go to the pipeline in groups (one transaction each, for speed on a backlog) and a stop
-        is honoured between groups; what is not filed yet is stored and will be seen again.
+        Rows go to the pipeline in groups (one transaction each, for speed on a backlog), and
+        each group is prepared (claimed and handed to the parser) before the one ahead of it is
+        finished, so that parsing and processing overlap. A stop is honoured between groups;
+        what is not filed yet is stored and will be seen again.
         """
-        processed = 0
         filing: dict[str, list[int]] = {}
+        uids = sorted(entries)
+        ahead: deque[tuple[list[int], Prepared]] = deque()  # at most two: the group to finish, the next one
+        processed = 0
+        try:
+            for start in range(0, len(uids), PROCESS_GROUP):
+                if self.stop_event.is_set():
+                    break
+                group = uids[start:start + PROCESS_GROUP]
+                ahead.append((group, self.pipeline.prepare([entries[uid] for uid in group])))
+                if len(ahead) == 2:
+                    processed += self._finish(*ahead.popleft(), entries, filing)
+            while ahead:  # claimed already: finished even after a stop
+                processed += self._finish(*ahead.popleft(), entries, filing)
+        finally:
+            for _group, prepared in ahead:  # a group failed: the one prepared behind it goes back at once
+                self.pipeline.release(prepared)
+        return processed, filing
+
+    def _finish(self, group: list[int], prepared: Prepared, entries: dict[int, int],
+                filing: dict[str, list[int]]) -> int:
+        """Process a prepared group and note each UID's folder; how many rows were ours."""
         folders = {"processed": self.settings.imap_processed_folder,
                    "quarantine": self.settings.imap_quarantine_folder}
-        uids = sorted(entries)
-        for start in range(0, len(uids), PROCESS_GROUP):
-            if self.stop_event.is_set():
-                break
-            group = uids[start:start + PROCESS_GROUP]
-            outcomes = self.pipeline.process_many([entries[uid] for uid in group])
-            for uid, outcome in zip(group, outcomes):
-                # None: already handled (a re-delivery, a restart) or claimed by another worker
-                processed += outcome is not None
-                state = outcome.state if outcome is not None else self.pipeline.state_of(entries[uid])[0]
-                if state in FILING:
-                    filing.setdefault(folders[FILING[state]], []).append(uid)
-        return processed, filing
+        processed = 0
+        for uid, outcome in zip(group, self.pipeline.finish(prepared)):
+            # None: already handled (a re-delivery, a restart) or claimed by another worker
+            processed += outcome is not None
+            state = outcome.state if outcome is not None else self.pipeline.state_of(entries[uid])[0]
+            if state in FILING:
+                filing.setdefault(folders[FILING[state]], []).append(uid)
+        return processed
 
     def _move(self, client: IMAPClient, uids: list[int], folder: str) -> int:
         """MOVE (RFC 6851) when offered, else COPY + \\Deleted + (UID) EXPUNGE; creates a vanished folder."""

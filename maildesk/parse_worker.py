@@ -6,9 +6,11 @@ database; with them on the second core the main process routes, stores and rende
 already parsed while the next ones are read. `Pipeline.process_many` hands a batch to
 `ProcessParser.parse_many` and handles each result as it arrives, in order.
 
-A batch of one mail (the LMTP listener, `maildesk ingest`) is parsed in-process: the round
-trip would only add latency. If the helper dies (a parser crash, the OOM killer) the batch is
-parsed in-process instead and a new helper starts with the next batch; nothing is lost.
+The mails of a batch go to the helper as soon as the batch is prepared (`Pipeline.prepare`),
+so a backlog's next group is parsed while the current one is processed. A batch of one mail
+(the LMTP listener, `maildesk ingest`) is parsed in-process: the round trip would only add
+latency. If the helper dies (a parser crash, the OOM killer) the batch is parsed in-process
+instead and a new helper starts with the next batch; nothing is lost.
 """
 
 from __future__ import annotations
@@ -85,14 +87,22 @@ class ProcessParser:
             self.processes = 0
 
     def parse_many(self, raws: Sequence[bytes], attempts: Sequence[int]) -> Iterator[Parsed]:
+        """The results in order. The mails go to the helper now, not when the first result is
+        asked for: it parses them while the caller finishes the batch before."""
         if len(raws) < 2 or self.processes == 0:
             return map(parse_or_reason, raws, attempts)
-        return self._parse_in_helper(raws, attempts)
+        try:
+            results = self._executor().map(parse_or_reason, raws, attempts, chunksize=CHUNK)
+        except BrokenProcessPool:  # the helper died after the last batch: parse this one here
+            log.error("the parser process is gone; parsing %d mail(s) of this batch in-process", len(raws))
+            self._discard()
+            return map(parse_or_reason, raws, attempts)
+        return self._collect(results, raws, attempts)
 
-    def _parse_in_helper(self, raws: Sequence[bytes], attempts: Sequence[int]) -> Iterator[Parsed]:
+    def _collect(self, results: Iterator[Parsed], raws: Sequence[bytes], attempts: Sequence[int]) -> Iterator[Parsed]:
         done = 0
         try:
-            for result in self._executor().map(parse_or_reason, raws, attempts, chunksize=CHUNK):
+            for result in results:
                 done += 1
                 yield result
         except BrokenProcessPool:

@@ -62,6 +62,18 @@ class Stored:
 
 
 @dataclass(frozen=True)
+class Prepared:
+    """A batch claimed and handed to the parser, waiting for `Pipeline.finish`."""
+
+    inbox_ids: list[int]  # as asked for, in order
+    unique: list[int]  # the rows claimed, each once
+    attempts: dict[int, int]
+    senders: list[str]  # a guess from each raw header, to load the users in one query
+    parsed: Iterator[Parsed]
+    started: float
+
+
+@dataclass(frozen=True)
 class Outcome:
     inbox_id: int
     state: str
@@ -176,12 +188,20 @@ class Pipeline:
         return self.process_many([inbox_id])[0]
 
     def process_many(self, inbox_ids: list[int], *, raws: dict[int, bytes] | None = None) -> list[Outcome | None]:
-        """Claim and read stored rows in one transaction, then process them in a second one
-        (`_process_batch`), while the parser (maybe a helper process) reads the next.
+        """Claim, parse and process stored rows (`prepare`, then `finish`).
 
         A message that breaks is rolled back alone and marked failed (quarantined after
         MAX_ATTEMPTS); the others go on. None for a row that was not ours to process. `raws`
         are bytes the caller already holds for some of the rows (they are not read back).
+        """
+        return self.finish(self.prepare(inbox_ids, raws=raws))
+
+    def prepare(self, inbox_ids: list[int], *, raws: dict[int, bytes] | None = None) -> Prepared:
+        """Claim and read the rows in one transaction and hand them to the parser at once.
+
+        With a parse helper the mails are parsed while the caller still finishes the batch
+        before (a backlog prepares group n+1, then finishes group n), so neither process waits
+        for the other at a batch's start. Every prepared batch must be finished or released.
         """
         held = raws or {}
         with store.transaction(self.engine) as session:  # claimed and read in one transaction
@@ -189,23 +209,36 @@ class Pipeline:
             missing = [inbox_id for inbox_id in attempts if inbox_id not in held]
             read = {int(inbox_id): bytes(raw) for inbox_id, raw in rows.all_rows(
                 _raw_statement(len(missing)), rows.numbered_values("id", missing), session=session)} if missing else {}
-        claimed = [inbox_id for inbox_id in inbox_ids if inbox_id in attempts]
-        if not claimed:
-            return [None] * len(inbox_ids)
         started = time.perf_counter()
-        unique = list(dict.fromkeys(claimed))  # a mail twice in a folder is one row: handled once
-        raw_bytes = [held.get(inbox_id) or read.pop(inbox_id, b"") for inbox_id in unique]
-        del read  # the helper has its copies; the big ones need not stay here meanwhile
+        unique = list(dict.fromkeys(inbox_id for inbox_id in inbox_ids if inbox_id in attempts))  # a mail twice
+        raw_bytes = [held.get(inbox_id) or read.pop(inbox_id, b"") for inbox_id in unique]  # in a folder: once
+        del read  # the parser has its copies; the big ones need not stay here meanwhile
         senders = [quick_sender(raw) for raw in raw_bytes]
-        parsed = self.parser.parse_many(raw_bytes, [attempts[inbox_id] for inbox_id in unique])
-        del raw_bytes
+        parsed = self.parser.parse_many(raw_bytes, [attempts[inbox_id] for inbox_id in unique]) if unique else iter(())
+        return Prepared(inbox_ids, unique, attempts, senders, iter(parsed), started)
+
+    def finish(self, prepared: Prepared) -> list[Outcome | None]:
+        """Process a prepared batch in one transaction (`_process_batch`); one result per row asked for."""
+        if not prepared.unique:
+            return [None] * len(prepared.inbox_ids)
         with store.transaction(self.engine) as session:
             self.reference.prime(session)
-            store.preload_users(senders, session=session)
-            outcomes = self._process_batch(unique, iter(parsed), attempts, session, started)
+            store.preload_users(prepared.senders, session=session)
+            outcomes = self._process_batch(prepared.unique, prepared.parsed, prepared.attempts, session,
+                                           prepared.started)
         for outcome in outcomes.values():
             _log_outcome(outcome)
-        return [outcomes.get(inbox_id) for inbox_id in inbox_ids]
+        return [outcomes.get(inbox_id) for inbox_id in prepared.inbox_ids]
+
+    def release(self, prepared: Prepared) -> int:
+        """Give back the claims of a batch that will not be finished (the batch before it failed),
+        so that the next poll takes its rows at once instead of after the claim's lease."""
+        if not prepared.unique:
+            return 0
+        with store.transaction(self.engine) as session:
+            values = rows.numbered_values("id", prepared.unique)
+            values.update(worker=self.worker)
+            return len(rows.all_rows(_release_statement(len(prepared.unique)), values, session=session))
 
     def _process_batch(self, inbox_ids: list[int], parsed: Iterator[Parsed], attempts: dict[int, int],
                        session: Session, started: float) -> dict[int, Outcome]:
@@ -372,6 +405,19 @@ def _claim_statement(count: int) -> Any:
             .values(state=bindparam("claimed_state", State.PROCESSING.value), claimed_by=bindparam("worker"),
                     claimed_at=bindparam("now", type_=at), attempts=inbox.c.attempts + 1)
             .returning(inbox.c.id, inbox.c.attempts))
+
+
+@functools.lru_cache(maxsize=None)  # one per batch size: a few hundred at most
+def _release_statement(count: int) -> Any:
+    """UPDATE ... RETURNING that hands `count` rows claimed by one worker back to the queue."""
+    inbox = InboxItem.__table__  # type: ignore[attr-defined]
+    return (update(inbox)
+            .where(inbox.c.id.in_(rows.numbered("id", count, inbox.c.id.type)))
+            .where(inbox.c.state == bindparam("processing", State.PROCESSING.value))
+            .where(inbox.c.claimed_by == bindparam("worker"))
+            .values(state=bindparam("new_state", State.NEW.value), claimed_by=None,
+                    attempts=inbox.c.attempts - 1)  # the claim counted an attempt that never ran
+            .returning(inbox.c.id))
 
 
 @functools.lru_cache(maxsize=None)  # one per batch size: a few hundred at most

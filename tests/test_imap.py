@@ -21,9 +21,11 @@ from sqlalchemy import select
 from maildesk import store
 from maildesk.config import Settings, load_settings
 from maildesk.directory import add_organisation, add_user
-from maildesk.imap import ImapPoller, PollReport, check_connection, chunks_by_size, open_client, uid_ranges
+from maildesk.imap import (PROCESS_GROUP, ImapPoller, PollReport, check_connection, chunks_by_size, open_client,
+                           uid_ranges)
 from maildesk.models import ImapCursor, InboxItem, InboxRaw, OutboxItem, Ticket
-from maildesk.process import Pipeline
+from maildesk.parse_worker import ProcessParser
+from maildesk.process import Pipeline, Prepared
 from tests.mailbuilder import make_mail
 from tests.servers import free_port
 
@@ -234,6 +236,69 @@ def test_after_a_restart_only_new_mail_is_processed_and_stored_but_unfiled_mail_
                                 "Stored, not processed", "Processed, not filed"])
     assert len(desk.inbox()) == 7
     assert dovecot.count("INBOX") == 0 and dovecot.count("Processed") == 7
+
+
+def append_originals_and_their_replies(dovecot: Any, count: int) -> None:
+    """`count` new requests, then a reply to each (threaded by In-Reply-To): with `count` =
+    PROCESS_GROUP every reply is in the group after its original."""
+    for n in range(count):
+        dovecot.append("INBOX", customer_mail(f"Request {n}", message_id=f"<request-{n}@client.example>"))
+    for n in range(count):
+        dovecot.append("INBOX", customer_mail(f"Re: Request {n}", f"More about request {n}.",
+                                              in_reply_to=f"<request-{n}@client.example>"))
+
+
+def test_the_next_group_is_parsed_before_the_one_ahead_is_finished_and_its_replies_still_thread(
+        desk: Desk, dovecot: Any) -> None:
+    append_originals_and_their_replies(dovecot, PROCESS_GROUP)
+    desk.pipeline = Pipeline(desk.settings, desk.engine, parser=ProcessParser(1))
+    calls: list[tuple[str, int]] = []
+    prepare, finish = desk.pipeline.prepare, desk.pipeline.finish
+
+    def prepare_logged(inbox_ids: list[int], **options: Any) -> Prepared:
+        calls.append(("prepare", min(inbox_ids)))
+        return prepare(inbox_ids, **options)
+
+    def finish_logged(prepared: Prepared) -> list[Any]:
+        calls.append(("finish", min(prepared.inbox_ids)))
+        return finish(prepared)
+
+    desk.pipeline.prepare, desk.pipeline.finish = prepare_logged, finish_logged  # type: ignore[method-assign]
+    try:
+        report = desk.poller().poll_once()
+    finally:
+        desk.pipeline.parser.close()
+
+    first, second = 1, PROCESS_GROUP + 1
+    assert calls == [("prepare", first), ("prepare", second), ("finish", first), ("finish", second)]
+    assert (report.processed, report.moved) == (2 * PROCESS_GROUP, 2 * PROCESS_GROUP)
+    tickets = {ticket.summary: ticket.id for ticket in desk.tickets()}
+    assert sorted(tickets) == sorted(f"Request {n}" for n in range(PROCESS_GROUP))
+    rows = desk.inbox()
+    assert [row.ticket_id for row in rows[PROCESS_GROUP:]] == [tickets[f"Request {n}"] for n in range(PROCESS_GROUP)]
+    assert {row.reason for row in rows[PROCESS_GROUP:]} == {"comment"}
+
+
+def test_when_a_group_fails_the_group_prepared_behind_it_goes_back_at_once_with_no_attempt_counted(
+        desk: Desk, dovecot: Any) -> None:
+    append_originals_and_their_replies(dovecot, PROCESS_GROUP)
+    finish = desk.pipeline.finish
+
+    def database_gone(prepared: Prepared) -> list[Any]:
+        raise RuntimeError("the database went away")
+
+    desk.pipeline.finish = database_gone  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="went away"):
+        desk.poller().poll_once()
+    rows = desk.inbox()
+    assert {(row.state, row.attempts) for row in rows[:PROCESS_GROUP]} == {("processing", 1)}  # its lease runs
+    assert {(row.state, row.attempts, row.claimed_by) for row in rows[PROCESS_GROUP:]} == {("new", 0, None)}
+
+    desk.pipeline.finish = finish  # type: ignore[method-assign]
+    report = desk.poller().poll_once()
+    assert report.processed == PROCESS_GROUP and report.moved == PROCESS_GROUP
+    assert {row.state for row in desk.inbox()[PROCESS_GROUP:]} == {"processed"}
+    assert dovecot.count("INBOX") == PROCESS_GROUP
 
 
 def test_a_new_uidvalidity_rereads_the_folder_and_only_really_new_mail_makes_tickets(

@@ -51,6 +51,16 @@ def test_a_helper_that_dies_mid_batch_leaves_the_batch_parsed_in_process_and_is_
     assert [process.pid for process in multiprocessing.active_children()] != [child.pid]
 
 
+def test_a_batch_goes_to_the_helper_before_its_first_result_is_asked_for() -> None:
+    parser = ProcessParser(1)
+    try:
+        results = parser.parse_many(MAILS[:3], [0, 0, 0])
+        assert len(multiprocessing.active_children()) == 1  # started by handing the batch over, not by a next()
+        assert [mail.subject for mail in results] == [f"Printeris {n} nedrukā" for n in range(3)]
+    finally:
+        parser.close()
+
+
 def test_one_mail_is_parsed_without_a_round_trip_to_the_helper() -> None:
     parser = ProcessParser(1)
     try:
