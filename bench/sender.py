@@ -10,6 +10,7 @@ cost the sender puts on the poller shows as well.
     .venv/bin/python bench/sender.py                  # sender alone
     .venv/bin/python bench/sender.py --busy           # beside a CPU-bound thread
     .venv/bin/python bench/sender.py --busy --switch-interval 0.005   # the interpreter default
+    .venv/bin/python bench/sender.py --no-pipelining  # a sink without PIPELINING (RFC 2920)
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from tests.servers import free_port, wait_for_port  # noqa: E402
 SINK = """
 import sys, time
 from tests.servers import SmtpSink
-sink = SmtpSink(port=int(sys.argv[1]), chunked_data=True)
+sink = SmtpSink(port=int(sys.argv[1]), chunked_data=True, pipelining=sys.argv[2] == "pipelining")
 sink.start()
 for line in sys.stdin:
     print(len(sink.messages), flush=True)
@@ -116,14 +117,16 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=3000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--busy", action="store_true", help="a CPU-bound thread runs beside the sender")
+    parser.add_argument("--no-pipelining", action="store_true", help="the sink does not offer PIPELINING")
     parser.add_argument("--switch-interval", type=float, default=None,
                         help="sys.setswitchinterval for the run (default: what maildesk sets, else the interpreter's)")
     args = parser.parse_args()
     if args.switch_interval is not None:
         sys.setswitchinterval(args.switch_interval)
     port = free_port()
-    sink = subprocess.Popen([sys.executable, "-c", SINK, str(port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            text=True, cwd=Path(__file__).resolve().parent.parent)
+    offer = "plain" if args.no_pipelining else "pipelining"
+    sink = subprocess.Popen([sys.executable, "-c", SINK, str(port), offer], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent)
     try:
         wait_for_port(port, process=sink, what="SMTP sink")  # type: ignore[arg-type]
         idle = []

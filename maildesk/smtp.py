@@ -2,7 +2,8 @@
 
 `outbox.send_due` hands each built message to a `Transport`; `SmtpTransport` is the one
 that relays it to the configured server over a single connection kept open across
-messages. Every outcome is translated into the outbox's terms: per-recipient results
+messages, pipelining each message's commands (RFC 2920) where the server offers it, so that
+a distant relay costs two round trips a message instead of four. Every outcome is translated into the outbox's terms: per-recipient results
 for refusals at RCPT (smtplib's returned dict is never dropped), and `DeliveryError`
 (temporary or permanent) when the whole message could not be handed over. Temporary
 means 4xx, a dropped connection, a timeout or a failed login; permanent means 5xx
@@ -13,6 +14,7 @@ contains the password.
 from __future__ import annotations
 
 import logging
+import re
 import smtplib
 import ssl
 import time
@@ -25,6 +27,7 @@ log = logging.getLogger("maildesk.smtp")
 # idle clients (Postfix after 300 s), and within a burst of sends a NOOP per message
 # would only add a round trip.
 IDLE_CHECK_SECONDS = 2.0
+_LEADING_DOT = re.compile(rb"(?m)^\.")
 
 
 class SmtpTransport:
@@ -43,8 +46,11 @@ class SmtpTransport:
         """Send one message; raises DeliveryError when no recipient could be reached."""
         client = self._connection()
         try:
-            refused = client.sendmail(envelope_from, recipients, message,
-                                      mail_options=_mail_options(client, envelope_from, recipients, message))
+            options = _mail_options(client, envelope_from, recipients, message)
+            if client.has_extn("pipelining"):
+                refused = _send_pipelined(client, envelope_from, recipients, message, options)
+            else:
+                refused = client.sendmail(envelope_from, recipients, message, mail_options=options)
         except smtplib.SMTPRecipientsRefused as error:
             refused = error.recipients  # every recipient refused at RCPT: still a per-recipient answer
         except smtplib.SMTPSenderRefused as error:
@@ -175,6 +181,64 @@ def _mail_options(client: smtplib.SMTP, envelope_from: str, recipients: list[str
     if not message.isascii() and client.has_extn("8bitmime"):
         options.append("BODY=8BITMIME")
     return options
+
+
+def _send_pipelined(client: smtplib.SMTP, envelope_from: str, recipients: list[str], message: bytes,
+                    options: list[str]) -> dict[str, tuple[int, bytes]]:
+    """`sendmail` with PIPELINING (RFC 2920): MAIL, every RCPT and DATA go out in one write and
+    their replies are read after it, so a message costs two round trips instead of three plus one
+    per recipient. Raises what `sendmail` raises; returns the recipients refused at RCPT."""
+    if "SMTPUTF8" in options and not client.has_extn("smtputf8"):
+        raise smtplib.SMTPNotSupportedError("SMTPUTF8 not supported by server")
+    if client.has_extn("size"):
+        options = [*options, f"SIZE={len(message)}"]
+    commands = [f"MAIL FROM:{smtplib.quoteaddr(envelope_from)}{''.join(' ' + option for option in options)}",
+                *(f"RCPT TO:{smtplib.quoteaddr(recipient)}" for recipient in recipients), "DATA"]
+    client.send("".join(command + "\r\n" for command in commands).encode(
+        "utf-8" if "SMTPUTF8" in options else "ascii"))
+    sender_reply = client.getreply()
+    recipient_replies = [client.getreply() for _ in recipients]
+    data_reply = client.getreply()
+    refused = {recipient: reply for recipient, reply in zip(recipients, recipient_replies)
+               if reply[0] not in (250, 251)}
+    if sender_reply[0] != 250 or len(refused) == len(recipients):
+        _abandon(client, data_reply)
+        if sender_reply[0] != 250:
+            raise smtplib.SMTPSenderRefused(sender_reply[0], sender_reply[1], envelope_from)
+        raise smtplib.SMTPRecipientsRefused(refused)  # type: ignore[arg-type]
+    if data_reply[0] != 354:
+        _reset(client)
+        raise smtplib.SMTPDataError(*data_reply)
+    client.send(_dot_stuffed(message))
+    code, reply = client.getreply()
+    if code != 250:
+        raise smtplib.SMTPDataError(code, reply)
+    return refused
+
+
+def _abandon(client: smtplib.SMTP, data_reply: tuple[int, bytes]) -> None:
+    """End a pipelined transaction that has nobody to deliver to. The server should have refused
+    DATA; one that said 354 anyway gets an empty message's end, and the transaction is reset."""
+    if data_reply[0] == 354:
+        client.send(b".\r\n")
+        client.getreply()
+    _reset(client)
+
+
+def _reset(client: smtplib.SMTP) -> None:
+    """RSET after a refusal; a server that hung up after it (421) is noticed at the next use."""
+    try:
+        client.rset()
+    except smtplib.SMTPServerDisconnected:
+        pass
+
+
+def _dot_stuffed(message: bytes) -> bytes:
+    """The message as DATA carries it (RFC 5321 section 4.5.2): a leading dot doubled, CRLF, dot."""
+    stuffed = _LEADING_DOT.sub(b"..", message)
+    if not stuffed.endswith(b"\r\n"):
+        stuffed += b"\r\n"
+    return stuffed + b".\r\n"
 
 
 def _recipient_result(refusal: tuple[int, bytes] | None) -> RecipientResult:

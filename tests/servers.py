@@ -558,6 +558,13 @@ class _FaultyHandler:
     def __init__(self, sink: SmtpSink) -> None:
         self.sink = sink
 
+    async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str,
+                          responses: list[str]) -> list[str]:
+        session.host_name = hostname  # what aiosmtpd does itself when no handler takes EHLO
+        if self.sink.pipelining:  # aiosmtpd reads pipelined commands in order; it only never says so
+            responses.insert(-1, "250-PIPELINING")
+        return responses
+
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
                           rcpt_options: list[str]) -> str:
         sink = self.sink
@@ -624,14 +631,16 @@ class SmtpSink:
     - ``stall_next(n, seconds)``: hold the reply to the next n DATA commands;
     - ``stop()`` / ``start()``: the receiver goes down and comes back on the same port.
     ``auth=(user, password)`` offers AUTH PLAIN/LOGIN without TLS, to test wrong passwords.
+    ``pipelining=True`` offers PIPELINING (RFC 2920) in its EHLO answer, as Postfix and Exim do.
     ``chunked_data=True`` reads DATA as the LMTP listener does (`maildesk.lmtp.ChunkedData`): for
     the benchmarks, whose receiving end should cost what a real MTA costs, not aiosmtpd's
     1.9 ms of CPU a message. The tests keep aiosmtpd's own reader, independent of maildesk's.
     """
 
     def __init__(self, *, port: int | None = None, auth: tuple[str, str] | None = None,
-                 hostname: str = "sink.test", chunked_data: bool = False) -> None:
+                 hostname: str = "sink.test", chunked_data: bool = False, pipelining: bool = False) -> None:
         self.port = port or free_port()
+        self.pipelining = pipelining
         self.auth = auth
         self.chunked_data = chunked_data
         self.hostname = hostname

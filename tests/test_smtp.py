@@ -12,6 +12,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from email import message_from_bytes
@@ -30,6 +31,7 @@ from maildesk.config import Settings, load_settings
 from maildesk.models import OutboxItem
 from maildesk.outbox import FolderTransport, send_due
 from maildesk.smtp import SmtpTransport, check_connection, transport_for
+from tests.servers import SmtpSink
 
 T0 = datetime(2026, 11, 26, 10, 0, tzinfo=timezone.utc)
 SUPPORT, BOUNCES = "support@desk.example", "bounces@desk.example"
@@ -45,6 +47,14 @@ def make_settings(tmp_path: Path, port: int, **extra: str) -> Settings:
                "MAILDESK_SMTP_PORT": str(port), "MAILDESK_SMTP_TIMEOUT_SECONDS": "5", "MAILDESK_OUTBOX_RETRY_HOURS": "1"}
     environ.update({f"MAILDESK_{key.upper()}": value for key, value in extra.items()})
     return load_settings(env_file=env_file, environ=environ)
+
+
+@pytest.fixture(params=[False, True], ids=["one-command-at-a-time", "pipelining"])
+def smtp_sink(request: pytest.FixtureRequest) -> Iterator[SmtpSink]:
+    """Every delivery case twice: against a server without PIPELINING (smtplib's `sendmail`) and
+    one that offers it (`smtp._send_pipelined`)."""
+    with SmtpSink(pipelining=request.param) as sink:
+        yield sink
 
 
 @pytest.fixture
@@ -247,6 +257,77 @@ def test_a_row_still_refused_temporarily_at_the_retry_deadline_fails(
     assert times[-1] >= T0 + timedelta(hours=settings.outbox_retry_hours)
     assert times[-2] < T0 + timedelta(hours=settings.outbox_retry_hours)
     assert smtp_sink.messages == []
+
+
+class ScriptedServer:
+    """One SMTP session by hand on a raw socket, to see what the client puts on the wire: it
+    offers PIPELINING and reads up to DATA before it answers MAIL, so a client that waited for
+    each reply would stall here (and time out) instead."""
+
+    def __init__(self, rcpt_codes: list[int]) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.rcpt_codes = rcpt_codes
+        self.before_first_reply = b""
+        self.message = b""
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        try:
+            connection, _ = self.listener.accept()
+            connection.settimeout(5)
+            with connection:
+                reader = connection.makefile("rb")
+                connection.sendall(b"220 scripted.test ESMTP\r\n")
+                reader.readline()  # EHLO
+                connection.sendall(b"250-scripted.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
+                lines = [reader.readline() for _ in range(2 + len(self.rcpt_codes))]
+                self.before_first_reply = b"".join(lines)
+                replies = [b"250 sender ok", *(b"%d recipient" % code for code in self.rcpt_codes)]
+                accepted = any(code == 250 for code in self.rcpt_codes)
+                replies.append(b"354 go ahead" if accepted else b"554 no valid recipients")
+                connection.sendall(b"".join(reply + b"\r\n" for reply in replies))
+                if accepted:
+                    while (line := reader.readline()) != b".\r\n":
+                        self.message += line
+                    connection.sendall(b"250 queued\r\n")
+                while (line := reader.readline()) and not line.upper().startswith(b"QUIT"):
+                    connection.sendall(b"250 ok\r\n")  # RSET after a refusal
+                connection.sendall(b"221 bye\r\n")
+        except BaseException as error:  # reported by the test, not lost in the thread
+            self.error = error
+        finally:
+            self.listener.close()
+
+    def finish(self) -> None:
+        self.thread.join(timeout=10)
+        assert self.error is None, f"the scripted server failed: {self.error!r}"
+
+
+def test_with_pipelining_mail_rcpt_and_data_go_out_before_the_first_reply_and_dots_are_stuffed(
+        tmp_path: Path) -> None:
+    server = ScriptedServer([250, 550])
+    transport = SmtpTransport(make_settings(tmp_path, server.port))
+    results = transport.deliver(BOUNCES, [ANNA, BOSS], b"Subject: x\r\n\r\n.leading dot\r\nend\r\n", "<p@x>")
+    transport.close()
+    server.finish()
+    assert server.before_first_reply == (b"MAIL FROM:<bounces@desk.example>\r\n"
+                                         b"RCPT TO:<anna@acme.example>\r\nRCPT TO:<boss@acme.example>\r\nDATA\r\n")
+    assert server.message == b"Subject: x\r\n\r\n..leading dot\r\nend\r\n"
+    assert results[ANNA].delivered and not results[BOSS].delivered
+    assert results[BOSS].permanent and results[BOSS].detail == "550 recipient"
+
+
+def test_with_pipelining_a_message_nobody_takes_sends_no_body(tmp_path: Path) -> None:
+    server = ScriptedServer([550])
+    transport = SmtpTransport(make_settings(tmp_path, server.port))
+    results = transport.deliver(BOUNCES, [ANNA], b"Subject: x\r\n\r\nbody\r\n", "<p@x>")
+    transport.close()
+    server.finish()
+    assert server.message == b""
+    assert not results[ANNA].delivered and results[ANNA].permanent
 
 
 def test_without_an_smtp_host_mail_goes_to_the_sent_folder(tmp_path: Path) -> None:
