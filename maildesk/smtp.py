@@ -3,12 +3,12 @@
 `outbox.send_due` hands each built message to a `Transport`; `SmtpTransport` is the one
 that relays it to the configured server over a single connection kept open across
 messages, pipelining each message's commands (RFC 2920) where the server offers it, so that
-a distant relay costs two round trips a message instead of four. Every outcome is translated into the outbox's terms: per-recipient results
-for refusals at RCPT (smtplib's returned dict is never dropped), and `DeliveryError`
-(temporary or permanent) when the whole message could not be handed over. Temporary
-means 4xx, a dropped connection, a timeout or a failed login; permanent means 5xx
-(RFC 5321 section 4.2.1). No smtplib type leaves this module, and no message ever
-contains the password.
+a distant relay costs two round trips a message instead of four. Every outcome is
+translated into the outbox's terms: per-recipient results for refusals at RCPT (smtplib's
+returned dict is never dropped), and `DeliveryError` (temporary or permanent) when the
+whole message could not be handed over. Temporary means 4xx, a dropped connection, a
+timeout or a failed login; permanent means 5xx (RFC 5321 section 4.2.1). No smtplib type
+leaves this module, and no message ever contains the password.
 """
 
 from __future__ import annotations
