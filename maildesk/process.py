@@ -214,7 +214,7 @@ class Pipeline:
         raw_bytes = [held.get(inbox_id) or read.pop(inbox_id, b"") for inbox_id in unique]  # in a folder: once
         del read  # the parser has its copies; the big ones need not stay here meanwhile
         senders = [quick_sender(raw) for raw in raw_bytes]
-        parsed = self.parser.parse_many(raw_bytes, [attempts[inbox_id] for inbox_id in unique]) if unique else iter(())
+        parsed = self.parser.parse_many(raw_bytes, [attempts[inbox_id] for inbox_id in unique])
         return Prepared(inbox_ids, unique, attempts, senders, iter(parsed), started)
 
     def finish(self, prepared: Prepared) -> list[Outcome | None]:
