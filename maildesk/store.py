@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import bindparam, event, func, inspect, select, text
 from sqlalchemy.engine import Connection, Engine
@@ -21,6 +21,9 @@ from maildesk import rows
 from maildesk.models import Event, Message, Organisation, Ticket, User
 from maildesk.rows import Model
 from maildesk.turns import WriterTurns
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 SCHEMA_HEAD = "0005"  # the newest of migrations/versions; tests/test_schema.py keeps the two equal
@@ -82,7 +85,7 @@ def _sqlite_begin_immediate(connection: Connection) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def _alembic_config() -> Any:
+def _alembic_config() -> Config:
     from alembic.config import Config
 
     config = Config()
