@@ -11,6 +11,7 @@ from spawning `maildesk run` until the INBOX is empty and no outbox row is pendi
 from __future__ import annotations
 
 import cProfile
+import multiprocessing
 import os
 import resource
 import time
@@ -96,8 +97,6 @@ def backlog_in_process(name: str, mails: list[CorpusMail], *, profile_to: Path |
 def helpers_cpu_seconds() -> float:
     """CPU time (user + system) used so far by this process's multiprocessing children: the
     parse helpers, which are reaped only at the end, so `RUSAGE_CHILDREN` cannot tell."""
-    import multiprocessing
-
     ticks = os.sysconf("SC_CLK_TCK")
     total = 0
     for child in multiprocessing.active_children():

@@ -111,13 +111,13 @@ def check_ready(engine: Engine) -> None:
     reads to find the head) was a third of such a process's time.
     """
     with engine.connect() as connection:
-        current = schema_revision(connection)
+        current = _schema_revision(connection)
     if current != SCHEMA_HEAD:
         state = "empty" if current is None else f"at revision {current}, this maildesk needs {SCHEMA_HEAD}"
         raise DatabaseNotReady(f"the database is {state}: run `maildesk db upgrade`")
 
 
-def schema_revision(connection: Connection) -> str | None:
+def _schema_revision(connection: Connection) -> str | None:
     """The revision Alembic last migrated the database to; None for an empty database."""
     if not inspect(connection).has_table("alembic_version"):
         return None
