@@ -1,8 +1,8 @@
 """Raw bytes -> `InboundMail`: the parse stage.
 
 Flow: transport -> inbox -> **parse** -> route -> commands -> workflow -> store -> notify ->
-outbox -> SMTP. The stdlib parses the bytes once (`BytesParser`, compat32 policy) and the mail
-is built from that tree, decoding only what the pipeline uses:
+outbox -> SMTP. The stdlib parses the bytes once (compat32 policy, through `mime_tree`) and
+the mail is built from that tree, decoding only what the pipeline uses:
 - every header is decoded here from the stdlib's raw values, trying utf-8 then windows-1257
   (iso-8859-13 agrees with windows-1257 on every Latvian letter): raw 8-bit bytes are common
   from our customers ("lietotājs" in raw windows-1257);
@@ -34,7 +34,6 @@ from email._encoded_words import decode_b
 from email.errors import HeaderParseError
 from email.header import Header, decode_header
 from email.message import Message
-from email.parser import BytesParser
 from email.policy import compat32
 from email.utils import getaddresses
 from html.parser import HTMLParser
@@ -44,6 +43,7 @@ from mailparser.dates import date_diagnostics, parse_mail_date
 from mailparser.utils import decode_header_part, get_addresses, mime_header_view
 
 from maildesk.core.mail import Attachment, Base64Body, InboundMail, lenient_base64
+from maildesk.mime_tree import parse_bytes
 from maildesk.quotes import new_text
 
 FALLBACK_CHARSETS: Final = ("utf-8", "windows-1257")
@@ -248,9 +248,8 @@ def _tree(raw: bytes, cuts: list[tuple[int, int]]) -> tuple[Message, dict[int, t
     (by `id(part)`). The bodies in `cuts` are replaced by a random marker line first; a tree in
     which each marker is not exactly one base64 leaf's whole payload is thrown away, and the
     whole message is parsed as it is."""
-    parser = BytesParser(policy=compat32)
     if not cuts:
-        return parser.parsebytes(raw), {}
+        return parse_bytes(raw), {}
     nonce = os.urandom(12).hex()
     view = memoryview(raw)
     pieces: list[bytes | memoryview] = []
@@ -259,7 +258,7 @@ def _tree(raw: bytes, cuts: list[tuple[int, int]]) -> tuple[Message, dict[int, t
         pieces += [view[position:start], f"MAILDESK-CUT-{nonce}-{index}".encode()]
         position = end
     pieces.append(view[position:])
-    message = parser.parsebytes(b"".join(pieces))
+    message = parse_bytes(b"".join(pieces))
     found: dict[int, tuple[int, int]] = {}
     used: set[int] = set()
     prefix = f"MAILDESK-CUT-{nonce}-"
@@ -269,11 +268,11 @@ def _tree(raw: bytes, cuts: list[tuple[int, int]]) -> tuple[Message, dict[int, t
             index = payload[len(prefix):] if payload.startswith(prefix) else ""
             if (not index.isdigit() or int(index) >= len(cuts) or int(index) in used or part.is_multipart()
                     or str(part.get("content-transfer-encoding", "")).strip().lower() != "base64"):
-                return parser.parsebytes(raw), {}
+                return parse_bytes(raw), {}
             used.add(int(index))
             found[id(part)] = cuts[int(index)]
     if len(found) != len(cuts):
-        return parser.parsebytes(raw), {}
+        return parse_bytes(raw), {}
     return message, found
 
 
