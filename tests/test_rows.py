@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import bindparam, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.types import TypeDecorator
 
 from maildesk import rows, store
-from maildesk.models import InboxItem, Ticket
+from maildesk.models import InboxItem, Ticket, UTCDateTime
 
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=timezone.utc)
 INBOX = InboxItem.__table__  # type: ignore[attr-defined]
@@ -126,3 +130,37 @@ def test_rows_written_in_a_savepoint_go_when_it_is_rolled_back_though_the_transa
     with store.transaction(engine) as session:
         kept = [digest[0] for (digest,) in rows.all_rows(digests, {}, session=session)]
     assert kept == ["0", "0", "0", "a", "c"]  # desk()'s three, then ours without the rolled-back one
+
+
+OFFSETS = st.integers(min_value=-14 * 60, max_value=14 * 60).map(lambda minutes: timezone(timedelta(minutes=minutes)))
+AWARE = st.datetimes(min_value=datetime(2, 1, 1), max_value=datetime(9998, 12, 31), timezones=OFFSETS)
+
+
+@given(AWARE)
+def test_a_datetime_is_stored_on_sqlite_as_the_text_sqlalchemy_s_own_conversion_gives(value: datetime) -> None:
+    dialect = sqlite.dialect()
+    column_type = UTCDateTime().dialect_impl(dialect)
+    composed = TypeDecorator.bind_processor(column_type, dialect)  # process_bind_param, then DATETIME's
+    assert composed is not None
+    assert column_type.bind_processor(dialect)(value) == composed(value)
+
+
+def test_postgresql_gets_the_naive_utc_datetime_itself() -> None:
+    dialect = postgresql.dialect()
+    processor = UTCDateTime().dialect_impl(dialect).bind_processor(dialect)
+    assert processor is not None
+    assert processor(datetime(2026, 12, 1, 11, 0, tzinfo=timezone(timedelta(hours=2)))) == datetime(2026, 12, 1, 9, 0)
+
+
+def test_a_datetime_in_any_zone_comes_back_as_the_same_instant_in_utc_and_a_naive_one_is_refused(
+        tmp_path: Path) -> None:
+    engine = desk(tmp_path)
+    riga = timezone(timedelta(hours=2))
+    with store.transaction(engine) as session:
+        rows.update_by_id(InboxItem, 1, {"claimed_at": datetime(2026, 12, 1, 11, 0, 0, 5, tzinfo=riga)},
+                          session=session)
+        (stored,) = rows.typed_rows(select(INBOX.c.claimed_at).where(INBOX.c.id == 1), {}, session=session)
+        assert stored.claimed_at == datetime(2026, 12, 1, 9, 0, 0, 5, tzinfo=timezone.utc)
+        assert stored.claimed_at.tzinfo is timezone.utc
+        with pytest.raises(ValueError, match="naive datetime"):
+            rows.update_by_id(InboxItem, 2, {"claimed_at": datetime(2026, 12, 1, 9, 0)}, session=session)
