@@ -77,3 +77,10 @@ def test_the_checkpointer_thread_copies_the_log_while_writes_go_on_and_stops_on_
         stop.set()
         checkpointer.join(timeout=10)
     assert not checkpointer.is_alive()
+
+
+def test_every_connection_is_in_wal_mode_with_the_larger_page_cache(engine: Engine) -> None:
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert connection.exec_driver_sql("PRAGMA cache_size").scalar() == -store.SQLITE_CACHE_MIB * 1024
+        assert store.SQLITE_CACHE_MIB * 1024 > 2000  # above SQLite's default of 2000 KiB
