@@ -29,9 +29,9 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 SCHEMA_HEAD = "0005"  # the newest of migrations/versions; tests/test_schema.py keeps the two equal
 SQLITE_BUSY_SECONDS = 30
 # Page cache per connection (SQLite's default is 2 MiB). With a million tickets the indexes are
-# hundreds of MiB, and each mail inserts at a dozen scattered places in them: at 2 MiB nearly
-# every one is a page read from the OS again. More keeps the upper levels and recent leaves in
-# memory; a mail's raw bytes pass through the same cache, which bounds how much more is sensible.
+# hundreds of MiB, and each mail inserts at a dozen scattered places in them; 16 MiB made such a
+# backlog 8-10 % faster (docs/performance.md), most likely by keeping the upper index levels in
+# memory. A mail's raw bytes pass through the same cache, which bounds how much more is sensible.
 SQLITE_CACHE_MIB = 16
 
 
