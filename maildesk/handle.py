@@ -21,6 +21,7 @@ from maildesk.config import Settings
 from maildesk.core.authorize import authorize
 from maildesk.core.classify import Classification
 from maildesk.core.commands import ParsedCommand, ParsedCommands, parse_commands
+from maildesk.base64_pieces import decoded_pieces
 from maildesk.core.mail import Base64Body, InboundMail
 from maildesk.core.workflow import (
     Audience, Command, Decision, Rejected, TicketState, decide, possible_commands, with_status,
@@ -340,7 +341,7 @@ class MailHandler:
             try:
                 with temporary.open("wb") as file:
                     try:
-                        for piece in payload.chunks():
+                        for piece in decoded_pieces(payload):
                             hasher.update(piece)
                             file.write(piece)
                             size += len(piece)

@@ -17,8 +17,11 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from maildesk import parse
+from maildesk.base64_pieces import decoded_pieces
 from maildesk.core.mail import Attachment, Base64Body
 from maildesk.handle import MailHandler
 from maildesk.parse import parse_mail
@@ -94,14 +97,53 @@ def test_bytes_and_streamed_payloads_are_stored_alike(tmp_path: Path) -> None:
 def test_base64_with_stray_characters_is_decoded_as_mail_clients_do(tmp_path: Path) -> None:
     data = os.urandom(30000)
     text = base64.encodebytes(data)
-    broken = text[:1000] + b"!*" + text[1000:]  # a stray character: no plain base64 any more
+    broken = text[:1000] + b"!*" + text[1000:]  # stray characters: mail clients skip them
     body = Base64Body(broken, 0, len(broken))
-    with pytest.raises(ValueError):
-        b"".join(body.chunks())
     assert body.decode() == data
+    assert b"".join(decoded_pieces(body, 700)) == data  # still piece by piece: no decoding of it whole
+    with pytest.raises(ValueError):
+        b"".join(body.chunks(700))  # the exact path is strict
     row = save(Attachment("x.bin", "application/octet-stream", body), tmp_path)
     assert (tmp_path / row.stored_name).read_bytes() == data and row.size == len(data)
     assert [path for path in tmp_path.rglob("*") if path.is_file()] == [tmp_path / row.stored_name]
+
+
+def test_base64_that_stops_at_padding_midway_is_stored_as_mail_clients_decode_it(tmp_path: Path) -> None:
+    first, second = base64.encodebytes(b"ab"), base64.encodebytes(os.urandom(30000))
+    text = first + second  # "YWI=" and then more: the stdlib's lenient decoder stops at the "="
+    body = Base64Body(text, 0, len(text))
+    for pieces in (decoded_pieces(body, 700), body.chunks(700)):
+        with pytest.raises(ValueError):
+            b"".join(pieces)
+    row = save(Attachment("x.bin", "application/octet-stream", body), tmp_path)
+    assert (tmp_path / row.stored_name).read_bytes() == body.decode() == b"ab"
+    assert [path for path in tmp_path.rglob("*") if path.is_file()] == [tmp_path / row.stored_name]
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=3000), width=st.sampled_from([4, 60, 76, 77, 3000]),
+       newline=st.sampled_from([b"\n", b"\r\n"]), size=st.integers(1, 400))
+def test_well_formed_base64_of_any_line_width_streams_to_its_bytes(data: bytes, width: int, newline: bytes,
+                                                                   size: int) -> None:
+    encoded = base64.b64encode(data)
+    text = newline.join(encoded[i:i + width] for i in range(0, len(encoded), width)) + newline
+    raw = b"headers\r\n\r\n" + text + b"--boundary--\r\n"
+    body = Base64Body(raw, len(b"headers\r\n\r\n"), len(b"headers\r\n\r\n") + len(text))
+    assert b"".join(decoded_pieces(body, size)) == b"".join(body.chunks(size)) == data == body.decode()
+
+
+@settings(max_examples=500, deadline=None)
+@given(text=st.lists(st.sampled_from([b"QUJD", b"A", b"Q", b"+/", b"=", b"==", b"\r\n", b"\n", b" ", b"\t", b"*",
+                                      b"\xff", b"-_"]), max_size=60).map(b"".join),
+       size=st.integers(1, 50))
+def test_any_base64_text_streams_to_what_decode_gives_or_says_it_cannot(text: bytes, size: int) -> None:
+    body = Base64Body(text, 0, len(text))
+    for pieces in (decoded_pieces, Base64Body.chunks):
+        try:
+            streamed = b"".join(pieces(body, size))
+        except ValueError:
+            continue  # the store then decodes it whole: the test above shows that path
+        assert streamed == body.decode()
 
 
 def test_a_body_that_hides_a_boundary_is_not_cut(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -123,3 +165,14 @@ def test_a_big_base64_text_body_is_still_the_text(monkeypatch: pytest.MonkeyPatc
     assert parse._scan(raw)[1]
     mail = parse_mail(raw)
     assert mail.text == body and mail.text == uncut(raw, monkeypatch).text and not mail.attachments
+
+
+@pytest.mark.parametrize("length", [3000, 3001, 3002])  # no padding, "==", "="
+def test_base64_as_mail_programs_write_it_never_needs_the_exact_path(length: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """76-character lines, CRLF, padding at the end: every piece goes to the vectorised decoder."""
+    data = os.urandom(length)
+    text = base64.encodebytes(data).replace(b"\n", b"\r\n")
+    body = Base64Body(text, 0, len(text))
+    monkeypatch.setattr(Base64Body, "chunks", lambda *args, **kwargs: pytest.fail("the exact path was taken"))
+    pieces = list(decoded_pieces(body, 1000))
+    assert len(pieces) == 5 and b"".join(pieces) == data

@@ -13,6 +13,7 @@ from typing import Final
 
 _NOT_BASE64: Final = re.compile(rb"[^A-Za-z0-9+/]")
 _WHITESPACE: Final = b" \t\r\n"
+_TRAILING_PADDING: Final = re.compile(rb"=[= \t\r\n]*")
 CHUNK: Final = 1 << 20
 
 
@@ -44,22 +45,37 @@ class Base64Body:
     start: int
     end: int
 
-    def chunks(self, size: int = CHUNK) -> Iterator[bytes]:
-        """The decoded bytes in pieces; ValueError when the text is not plain base64 (stray
-        characters, padding before the end), which only `decode()` forgives."""
+    def chunks(self, size: int = CHUNK, start: int | None = None) -> Iterator[bytes]:
+        """The decoded bytes in pieces of `size` characters (from `raw[start:]` when given, the
+        text before it decoded already in whole groups of four), together what `decode()`
+        gives; ValueError when the text is not plain base64 (stray characters, padding before
+        the end), which only `decode()` forgives.
+
+        White space is removed and up to three characters carried over between pieces.
+        `maildesk.base64_pieces` decodes well-formed bodies faster and comes here for the rest.
+        """
+        position = self.start if start is None else start
         view = memoryview(self.raw)
         carry = b""
-        for offset in range(self.start, self.end, size):
+        padding_is_trailing = self.padding_only_at_the_end(position, self.end)
+        for offset in range(position, self.end, size):
             last = offset + size >= self.end
             clean = carry + bytes(view[offset:min(offset + size, self.end)]).translate(None, _WHITESPACE)
             usable = len(clean) if last else len(clean) - len(clean) % 4
             piece, carry = clean[:usable], clean[usable:]
-            if not last and b"=" in piece:
+            if not last and not padding_is_trailing and b"=" in piece:
                 raise ValueError("padding before the end of the base64 text")
             try:
                 yield binascii.a2b_base64(piece, strict_mode=True)
             except binascii.Error as error:
                 raise ValueError(f"not plain base64: {error}") from error
+
+    def padding_only_at_the_end(self, position: int, stop: int) -> bool:
+        """No '=' in `raw[position:stop]`, or only '=' and white space from the first one to
+        the end of the body. Padding anywhere else makes the stdlib stop decoding there, which
+        a piece cannot know."""
+        padding = self.raw.find(b"=", position, stop)
+        return padding < 0 or (stop == self.end and _TRAILING_PADDING.fullmatch(self.raw, padding, stop) is not None)
 
     def decode(self) -> bytes:
         """All of it, decoded as `lenient_base64` does (b'' when even that fails)."""
