@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from datetime import date
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from maildesk.core.commands import parse_commands
+from maildesk.core.commands import (COMMANDS, MAX_LINE_LENGTH, TAKES_ARGUMENTS, ParsedCommand, normalise,
+                                    parse_command_line, parse_commands)
 from maildesk.core.effort import EffortError, format_effort, needs_approval, parse_due_date, parse_effort
-from maildesk.core.workflow import Command
+from maildesk.core.workflow import Command, Request
 
 
 @pytest.mark.parametrize("text, minutes", [
@@ -104,3 +107,41 @@ def test_several_commands_in_order() -> None:
 def test_the_command_parser_never_raises(text: str) -> None:
     parsed = parse_commands(text)
     assert all(command.line in text for command in parsed.commands)
+
+
+def _normalise_by_the_definition(line: str) -> str:
+    """Upper case, diacritics removed (NFKD, combining marks dropped), single spaces, no
+    trailing punctuation or markup: `normalise` with no short cut for ASCII."""
+    plain = "".join(char for char in unicodedata.normalize("NFKD", line) if not unicodedata.combining(char))
+    plain = re.sub(r"[.!:;,]+$", "", plain.strip().strip("*_").strip())
+    return " ".join(plain.upper().split())
+
+
+def _command_by_the_table(line: str) -> ParsedCommand | None:
+    """The keyword table read longest keyword first, a whole line each: what `parse_command_line`
+    must answer, here without its dictionary look-up."""
+    if len(line) > MAX_LINE_LENGTH:
+        return None
+    keyword_line = _normalise_by_the_definition(line)
+    for keyword, command in sorted(COMMANDS.items(), key=lambda item: -len(item[0])):
+        if keyword_line == keyword:
+            return parse_command_line(line) if command in TAKES_ARGUMENTS else ParsedCommand(line, Request(command))
+        if command in TAKES_ARGUMENTS and keyword_line.startswith(keyword + " "):
+            return parse_command_line(line)
+    return None
+
+
+_LINE_PARTS = st.sampled_from(["accept the estimate", "APSTIPRINĀT", "novērtējumu", "ESTIMATE", "2h", "DUE",
+                               "2026-12-18", "add user", "a@b.lv", "Anna Bērziņa", "TYPE", "assign", "reopen",
+                               "ATVĒRT NO JAUNA", "internal", "  ", "*", "!", ".", "ß", "ﬁ", "Ａ", "x"])
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.one_of(st.text(), st.lists(_LINE_PARTS, max_size=6).map(" ".join)))
+def test_a_command_line_is_read_as_the_keyword_table_says(line: str) -> None:
+    assert normalise(line) == _normalise_by_the_definition(line)
+    expected = _command_by_the_table(line)
+    parsed = parse_command_line(line)
+    assert (parsed is None) == (expected is None)
+    if expected is not None and parsed is not None:
+        assert parsed.request.command == expected.request.command

@@ -40,6 +40,9 @@ TAKES_ARGUMENTS = frozenset({Command.ESTIMATE, Command.TYPE, Command.ASSIGN, Com
 COMMAND_ZONE_LINES = 3
 MAX_LINE_LENGTH = 200
 
+# longest first, so that "ADD USER x" is not read as a shorter keyword with arguments
+_WITH_ARGUMENTS = sorted((item for item in COMMANDS.items() if item[1] in TAKES_ARGUMENTS), key=lambda item: -len(item[0]))
+_TRAILING_PUNCTUATION = re.compile(r"[.!:;,]+$")
 _ADDRESS = re.compile(r"^[^@\s<>\"',;]+@[^@\s<>\"',;]+\.[^@\s<>\"',;]+$")
 _DUE = re.compile(r"\s+(?:DUE|TERMINS)\s+", re.IGNORECASE)
 
@@ -65,10 +68,11 @@ class ParsedCommands:
 
 def normalise(line: str) -> str:
     """Upper case, no diacritics, single spaces, no trailing punctuation or markup."""
-    decomposed = unicodedata.normalize("NFKD", line)
-    plain = "".join(char for char in decomposed if not unicodedata.combining(char))
-    plain = plain.strip().strip("*_").strip()
-    plain = re.sub(r"[.!:;,]+$", "", plain)
+    if not line.isascii():  # ASCII has nothing to decompose
+        decomposed = unicodedata.normalize("NFKD", line)
+        line = "".join(char for char in decomposed if not unicodedata.combining(char))
+    plain = line.strip().strip("*_").strip()
+    plain = _TRAILING_PUNCTUATION.sub("", plain)
     return " ".join(plain.upper().split())
 
 
@@ -88,8 +92,9 @@ def parse_commands(new_text: str) -> ParsedCommands:
         if zone_seen >= COMMAND_ZONE_LINES:
             break
         zone_seen += 1
-        parsed = None if normalise(line) == INTERNAL_KEYWORD else parse_command_line(line)
-        if normalise(line) == INTERNAL_KEYWORD:
+        keyword_line = normalise(line)
+        parsed = None if keyword_line == INTERNAL_KEYWORD else _command(line, keyword_line)
+        if keyword_line == INTERNAL_KEYWORD:
             internal = True
         elif parsed is None:
             if commands or internal:
@@ -106,17 +111,20 @@ def parse_commands(new_text: str) -> ParsedCommands:
 
 def parse_command_line(line: str) -> ParsedCommand | None:
     """A ParsedCommand when the whole line is a command, None when it is ordinary text."""
+    return _command(line, normalise(line))
+
+
+def _command(line: str, keyword_line: str) -> ParsedCommand | None:
     if len(line) > MAX_LINE_LENGTH:
         return None
-    keyword_line = normalise(line)
-    for keyword, command in sorted(COMMANDS.items(), key=lambda item: -len(item[0])):
-        if keyword_line == keyword:
-            if command in TAKES_ARGUMENTS:
-                return _argument_error(line, command)
-            return ParsedCommand(line, Request(command))
-        if command in TAKES_ARGUMENTS and keyword_line.startswith(keyword + " "):
-            arguments = _original_arguments(line, keyword)
-            return _with_arguments(line, command, arguments)
+    command = COMMANDS.get(keyword_line)
+    if command is not None:
+        if command in TAKES_ARGUMENTS:
+            return _argument_error(line, command)
+        return ParsedCommand(line, Request(command))
+    for keyword, command in _WITH_ARGUMENTS:
+        if keyword_line.startswith(keyword + " "):
+            return _with_arguments(line, command, _original_arguments(line, keyword))
     return None
 
 
