@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -375,12 +376,19 @@ class Pipeline:
         return [row[0] for row in rows]
 
 
+_ADDRESS_TEXT = r'[^<>"@,;:()\[\]\\\s]+@[^<>"@,;:()\[\]\\\s]+'
+_PLAIN_FROM = re.compile(rf'[^<>"@,;:()\[\]\\]*<({_ADDRESS_TEXT})>|({_ADDRESS_TEXT})')
+
+
 def quick_sender(raw: bytes) -> str:
     """The From address from the raw header, lower-cased: a guess that only warms the user cache
     (the parsed mail's address is what counts)."""
     value = _quick_header(raw, b"from:")
     if not value or "(" in value or len(value) > 500:  # comments recurse in the stdlib: leave odd ones to parse
         return ""
+    plain = _PLAIN_FROM.fullmatch(value)  # `Name <address>` or `address`: the stdlib's strict parse costs 30 µs
+    if plain is not None:
+        return (plain.group(1) or plain.group(2)).lower()
     return getaddresses([value])[0][1].lower()
 
 
