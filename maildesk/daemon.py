@@ -88,13 +88,17 @@ class Daemon:
 
     def start(self) -> None:
         """Start the source and the sender; returns at once (run() then drives the main loop)."""
-        if isinstance(self.parser, ProcessParser) and self.settings.imap_configured:
-            self.parser.start()  # the LMTP listener hands over one mail at a time: parsed in-process
+        # the LMTP listener hands over one mail at a time: parsed in-process, no helper
+        helper = self.parser if isinstance(self.parser, ProcessParser) and self.settings.imap_configured else None
+        if helper is not None:
+            helper.start()  # it imports its modules while this process warms up
         checkpointer = start_checkpointer(self.engine, self.signals.stop)  # before any thread holds a connection
         if checkpointer is not None:
             self._threads.append(checkpointer)
         self._recover()
         self.pipeline.warm_up()
+        if helper is not None:
+            helper.wait_started()
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_SECONDS))
         self._start_source()
         self._start_thread(self._sender_loop, "outbox-sender")

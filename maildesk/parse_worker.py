@@ -18,10 +18,11 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 from maildesk.core.mail import InboundMail
@@ -45,10 +46,18 @@ def parse_or_reason(raw: bytes, attempts: int) -> Parsed:
         return f"parser error: {type(error).__name__}: {error}", attempts >= MAX_ATTEMPTS
 
 
+def _start_helper(parent: int) -> None:
+    """Runs in each helper first. Ctrl-C in a terminal reaches every process of the group: the
+    daemon finishes its work and closes the helpers itself, so a helper ignores SIGINT (else
+    each printed a KeyboardInterrupt traceback and died under the batch in hand)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _exit_with_parent(parent)
+
+
 def _exit_with_parent(parent: int) -> None:
-    """Runs in each helper: leave when the daemon is gone. A helper holds both ends of its task
-    queue, so a daemon killed with SIGKILL would otherwise leave it waiting forever (systemd
-    ends the whole control group, a terminal or a test harness does not)."""
+    """Leave when the daemon is gone. A helper holds both ends of its task queue, so a daemon
+    killed with SIGKILL would otherwise leave it waiting forever (systemd ends the whole control
+    group, a terminal or a test harness does not)."""
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(PARENT_CHECK_SECONDS)
@@ -73,18 +82,31 @@ class ProcessParser:
     def __init__(self, processes: int) -> None:
         self.processes = processes
         self._pool: ProcessPoolExecutor | None = None
+        self._started: Future[int] | None = None
 
     def start(self) -> None:
-        """Start the helpers now (the daemon does, so the first mail does not wait for them).
-
-        Where no helper can be started (no /dev/shm, a sandbox refusing it) parsing stays in-process.
-        """
+        """Start the helpers now (the daemon does, so the first mail does not wait for them);
+        they start up while the caller goes on, until `wait_started`."""
         try:
-            self._executor().submit(int).result()
+            self._started = self._executor().submit(int)
         except (OSError, BrokenProcessPool) as error:
-            log.warning("cannot start a parser process (%s); parsing in the daemon's own process", error)
-            self._discard()
-            self.processes = 0
+            self._give_up(error)
+
+    def wait_started(self) -> None:
+        """Return once the helpers answer. Where none can be started (no /dev/shm, a sandbox
+        refusing it) parsing stays in-process."""
+        started, self._started = self._started, None
+        if started is None:
+            return
+        try:
+            started.result()
+        except (OSError, BrokenProcessPool) as error:
+            self._give_up(error)
+
+    def _give_up(self, error: BaseException) -> None:
+        log.warning("cannot start a parser process (%s); parsing in the daemon's own process", error)
+        self._discard()
+        self.processes = 0
 
     def parse_many(self, raws: Sequence[bytes], attempts: Sequence[int]) -> Iterator[Parsed]:
         """The results in order. The mails go to the helper now, not when the first result is
@@ -113,7 +135,7 @@ class ProcessParser:
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_exit_with_parent, initargs=(os.getpid(),))
+                                             initializer=_start_helper, initargs=(os.getpid(),))
         return self._pool
 
     def _discard(self) -> None:

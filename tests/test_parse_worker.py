@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -23,6 +24,7 @@ BROKEN = b"\x00\x01 not a mail"
 def helper() -> ProcessParser:
     parser = ProcessParser(1)
     parser.start()
+    parser.wait_started()
     yield parser
     parser.close()
 
@@ -72,7 +74,7 @@ def test_one_mail_is_parsed_without_a_round_trip_to_the_helper() -> None:
 
 def test_a_helper_leaves_when_the_daemon_that_started_it_is_killed() -> None:
     script = ("from maildesk.parse_worker import ProcessParser; import multiprocessing, sys; "
-              "p = ProcessParser(1); p.start(); print(multiprocessing.active_children()[0].pid, flush=True); "
+              "p = ProcessParser(1); p.start(); p.wait_started(); print(multiprocessing.active_children()[0].pid, flush=True); "
               "import time; time.sleep(60)")
     daemon = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
@@ -82,3 +84,37 @@ def test_a_helper_leaves_when_the_daemon_that_started_it_is_killed() -> None:
         wait_until(lambda: not os.path.exists(f"/proc/{helper_pid}"), 10, what="the parser process gone")
     finally:
         daemon.kill()
+
+
+def test_ctrl_c_in_a_terminal_leaves_the_helper_to_the_daemon(helper: ProcessParser) -> None:
+    """The terminal sends SIGINT to the whole process group; the daemon stops the helper itself."""
+    (process,) = multiprocessing.active_children()
+    os.kill(process.pid, signal.SIGINT)
+    assert [mail.subject for mail in helper.parse_many(MAILS[:3], [0, 0, 0])] == \
+        ["Printeris 0 nedrukā", "Printeris 1 nedrukā", "Printeris 2 nedrukā"]
+    assert multiprocessing.active_children() == [process]  # the same helper: it was not replaced
+
+
+def test_the_helper_starts_while_the_caller_goes_on() -> None:
+    parser = ProcessParser(1)
+    try:
+        parser.start()
+        (process,) = multiprocessing.active_children()  # started, not yet waited for
+        parser.wait_started()
+        parser.wait_started()  # a second wait returns at once
+        assert multiprocessing.active_children() == [process] and parser.processes == 1
+    finally:
+        parser.close()
+
+
+def test_a_helper_of_the_installed_command_imports_no_more_than_parsing_needs() -> None:
+    """multiprocessing's spawn runs the script that started the daemon again in each helper, as
+    `__mp_main__` (`spawn._fixup_main_from_path`); the installed `maildesk` script must then not
+    import the command line, the database layer and the rest (1 s and 44 MB per helper)."""
+    script = Path(sys.executable).with_name("maildesk")
+    if not script.exists():
+        pytest.skip(f"no installed maildesk script beside {sys.executable} (make setup installs it)")
+    code = (f"import runpy, sys; runpy.run_path({str(script)!r}, run_name='__mp_main__'); "
+            "print(sorted(name for name in ('maildesk.cli', 'sqlalchemy', 'jinja2') if name in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
