@@ -28,6 +28,7 @@ log = logging.getLogger("maildesk.smtp")
 # would only add a round trip.
 IDLE_CHECK_SECONDS = 2.0
 _LEADING_DOT = re.compile(rb"(?m)^\.")
+_PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*")
 
 
 class SmtpTransport:
@@ -192,8 +193,8 @@ def _send_pipelined(client: smtplib.SMTP, envelope_from: str, recipients: list[s
         raise smtplib.SMTPNotSupportedError("SMTPUTF8 not supported by server")
     if client.has_extn("size"):
         options = [*options, f"SIZE={len(message)}"]
-    commands = [f"MAIL FROM:{smtplib.quoteaddr(envelope_from)}{''.join(' ' + option for option in options)}",
-                *(f"RCPT TO:{smtplib.quoteaddr(recipient)}" for recipient in recipients), "DATA"]
+    commands = [f"MAIL FROM:{_quoted(envelope_from)}{''.join(' ' + option for option in options)}",
+                *(f"RCPT TO:{_quoted(recipient)}" for recipient in recipients), "DATA"]
     client.send("".join(command + "\r\n" for command in commands).encode(
         "utf-8" if "SMTPUTF8" in options else "ascii"))
     sender_reply = client.getreply()
@@ -233,9 +234,14 @@ def _reset(client: smtplib.SMTP) -> None:
         pass
 
 
+def _quoted(address: str) -> str:
+    """`smtplib.quoteaddr`, whose full address parse (30 µs) a plain addr-spec does not need."""
+    return f"<{address}>" if _PLAIN_ADDRESS.fullmatch(address) else smtplib.quoteaddr(address)
+
+
 def _dot_stuffed(message: bytes) -> bytes:
     """The message as DATA carries it (RFC 5321 section 4.5.2): a leading dot doubled, CRLF, dot."""
-    stuffed = _LEADING_DOT.sub(b"..", message)
+    stuffed = _LEADING_DOT.sub(b"..", message) if message.startswith(b".") or b"\n." in message else message
     if not stuffed.endswith(b"\r\n"):
         stuffed += b"\r\n"
     return stuffed + b".\r\n"

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
+import smtplib
 import socket
 import ssl
 import subprocess
@@ -23,6 +25,8 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
+from hypothesis import given, settings as hypothesis_settings
+from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 from sqlmodel import select
 
@@ -458,3 +462,21 @@ def test_check_connection_names_an_untrusted_certificate(tmp_path: Path, certifi
     finally:
         controller.stop()
     assert problem is not None and "TLS" in problem and "certificate verify failed" in problem
+
+
+_ADDRESS_PARTS = st.lists(st.sampled_from(list("anna.B+tag-_0!#$%&'*/=?^`{|}~ <>\"(),;:[]\\@") + ["@klients.lv", "ā", ".."]),
+                          min_size=1, max_size=25).map("".join)
+
+
+@hypothesis_settings(max_examples=2000, deadline=None)
+@given(_ADDRESS_PARTS)
+def test_envelope_addresses_are_quoted_as_smtplib_quotes_them(address: str) -> None:
+    assert smtp._quoted(address) == smtplib.quoteaddr(address)
+
+
+@hypothesis_settings(max_examples=1000, deadline=None)
+@given(st.lists(st.sampled_from([b".", b"..", b"\r\n", b"\n", b"a", b" ", b"\r"]), max_size=30).map(b"".join))
+def test_dot_stuffing_doubles_every_leading_dot_and_ends_the_data(message: bytes) -> None:
+    stuffed = smtp._dot_stuffed(message)
+    body = re.sub(rb"(?m)^\.", b"..", message)
+    assert stuffed == body + (b"" if body.endswith(b"\r\n") else b"\r\n") + b".\r\n"
