@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import logging
 import re
 import time
@@ -222,11 +223,13 @@ class Pipeline:
         """Process a prepared batch in one transaction (`_process_batch`); one result per row asked for."""
         if not prepared.unique:
             return [None] * len(prepared.inbox_ids)
+        # The first mail parsed before the transaction begins: it takes SQLite's write lock, which
+        # the outbox sender and the LMTP listener need too, and the helper may still be at work.
+        parsed = itertools.chain([next(prepared.parsed)], prepared.parsed)
         with store.transaction(self.engine) as session:
             self.reference.prime(session)
             store.preload_users(prepared.senders, session=session)
-            outcomes = self._process_batch(prepared.unique, prepared.parsed, prepared.attempts, session,
-                                           prepared.started)
+            outcomes = self._process_batch(prepared.unique, parsed, prepared.attempts, session, prepared.started)
         for outcome in outcomes.values():
             _log_outcome(outcome)
         return [outcomes.get(inbox_id) for inbox_id in prepared.inbox_ids]
