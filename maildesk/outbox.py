@@ -232,7 +232,8 @@ def _body(text: str) -> tuple[str, str]:
     encoded = binascii.b2a_qp(text.encode(), istext=True).decode("ascii")  # soft line breaks at 76
     # b2a_qp lets a line ending in whitespace reach 77 or 78 once the space or tab is encoded:
     # break softly before that last one.
-    encoded = _QP_OVERLONG.sub("\\1=\n\\2", encoded)
+    if "=20\n" in encoded or "=09\n" in encoded or encoded.endswith(("=20", "=09")):  # else nothing to break
+        encoded = _QP_OVERLONG.sub("\\1=\n\\2", encoded)
     return "quoted-printable", encoded.replace("\n", "\r\n")
 
 

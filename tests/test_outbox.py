@@ -317,3 +317,17 @@ def test_the_folder_transport_writes_the_built_bytes(settings: Settings, engine:
     assert send_due(engine, settings, FolderTransport(settings.sent_dir), now=T0).sent == 2
     written = sorted(settings.sent_dir.glob("*.eml"))
     assert len(written) == 2 and parse(written[0].read_bytes())["X-Maildesk-Loop"] == SUPPORT
+
+
+@pytest.mark.parametrize("length", [73, 74, 75, 76])
+@pytest.mark.parametrize("blank", [" ", "\t"])
+@pytest.mark.parametrize("last", [False, True])
+def test_a_line_ending_in_white_space_stays_within_76_characters(settings: Settings, length: int, blank: str,
+                                                                 last: bool) -> None:
+    """quoted-printable encodes a line's last space or tab (=20, =09), which takes a line of 74
+    or 75 characters past 76: it is broken softly before it."""
+    line = "x" * length + blank
+    text = line if last else line + "\nžurnāls"
+    raw = message_bytes(item(body_text=text, body_html=""), settings)
+    assert_well_formed(raw)
+    assert content(parse(raw).get_body(("plain",))) == normalised(text)
