@@ -92,6 +92,13 @@ def mailto(address: str, subject: str, body: str) -> str:
     )
 
 
+def quoted_lines(text: str) -> str:
+    """Each line indented by four spaces, as a plain-text mail quotes what someone wrote; lines
+    of only white space stay empty, and no line ends in white space (quoted-printable would
+    carry each such space as "=20")."""
+    return "\n".join("    " + line if line else "" for line in map(str.rstrip, str(text).splitlines()))
+
+
 def latvian_keyword(keyword: str) -> str:
     """The Latvian form of a customer command, or the keyword itself when it has none."""
     return LATVIAN_KEYWORDS.get(keyword, keyword)
@@ -202,6 +209,7 @@ def _environment(templates_dir: Path, *, autoescape: bool, cache_dir: Path | Non
     environment.globals["mailto"] = mailto
     environment.filters["one_line"] = one_line
     environment.filters["lv_keyword"] = latvian_keyword
+    environment.filters["quoted_lines"] = quoted_lines
     return environment
 
 

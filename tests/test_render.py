@@ -323,3 +323,16 @@ def test_a_dict_key_is_read_before_a_method_of_the_same_name_and_a_missing_key_s
     assert page.render(row={"items": "three", "key": "SD-1"}, text="x").startswith("three|SD-1|<built-in method upper")
     with pytest.raises(UndefinedError):
         page.render(row={"items": "three"}, text="x")
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+@pytest.mark.parametrize("name", ["ticket_announced", "comment", "estimate_request"])
+def test_quoted_text_is_indented_and_no_line_ends_in_white_space(renderer: Renderer, name: str, language: str) -> None:
+    """Blank lines of what the customer wrote stay blank: quoted-printable would carry each
+    space a blank or trailing one kept as "=20"."""
+    written = "Labdien!\n   \nPrinteris  \t\nnedrukā.\n\nAnna"
+    context = sample_context(name, description=written)
+    context["comment"] = written
+    text = renderer.render(name, language, context).text
+    assert "    Labdien!\n\n    Printeris\n    nedrukā.\n\n    Anna" in text
+    assert [line for line in text.splitlines() if line != line.rstrip()] == []
