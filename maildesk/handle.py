@@ -17,11 +17,11 @@ from sqlalchemy import bindparam, func, select
 from sqlmodel import Session
 
 from maildesk import deadlines, rows, store
+from maildesk.base64_pieces import decoded_pieces
 from maildesk.config import Settings
 from maildesk.core.authorize import authorize
 from maildesk.core.classify import Classification
 from maildesk.core.commands import ParsedCommand, ParsedCommands, parse_commands
-from maildesk.base64_pieces import decoded_pieces
 from maildesk.core.mail import Base64Body, InboundMail
 from maildesk.core.workflow import (
     Audience, Command, Decision, Rejected, TicketState, decide, possible_commands, with_status,

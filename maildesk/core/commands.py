@@ -41,7 +41,8 @@ COMMAND_ZONE_LINES = 3
 MAX_LINE_LENGTH = 200
 
 # longest first, so that "ADD USER x" is not read as a shorter keyword with arguments
-_WITH_ARGUMENTS = sorted((item for item in COMMANDS.items() if item[1] in TAKES_ARGUMENTS), key=lambda item: -len(item[0]))
+_WITH_ARGUMENTS = sorted((item for item in COMMANDS.items() if item[1] in TAKES_ARGUMENTS),
+                         key=lambda item: -len(item[0]))
 _TRAILING_PUNCTUATION = re.compile(r"[.!:;,]+$")
 _ADDRESS = re.compile(r"^[^@\s<>\"',;]+@[^@\s<>\"',;]+\.[^@\s<>\"',;]+$")
 _DUE = re.compile(r"\s+(?:DUE|TERMINS)\s+", re.IGNORECASE)
