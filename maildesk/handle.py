@@ -21,7 +21,7 @@ from maildesk.base64_pieces import decoded_pieces
 from maildesk.config import Settings
 from maildesk.core.authorize import authorize
 from maildesk.core.classify import Classification
-from maildesk.core.commands import ParsedCommand, ParsedCommands, parse_commands
+from maildesk.core.commands import ParsedCommand, ParsedCommands
 from maildesk.core.mail import Base64Body, InboundMail
 from maildesk.core.workflow import (
     Audience, Command, Decision, Rejected, TicketState, decide, possible_commands, with_status,
@@ -94,10 +94,10 @@ class MailHandler:
         return Handled("processed", "new ticket (acknowledgement rate-limited)" if limited else "new ticket",
                        ticket.id, ticket.key)
 
-    def reply(self, mail: InboundMail, inbox_id: int, ticket: Ticket, user: User, sender: Sender, *,
-              session: Session, now: datetime) -> Handled:
+    def reply(self, mail: InboundMail, parsed: ParsedCommands, inbox_id: int, ticket: Ticket, user: User,
+              sender: Sender, *, session: Session, now: datetime) -> Handled:
+        """`parsed`: the commands in the mail's new text (`parse_commands`, done in the parse helper)."""
         actor = actor_of(user, session=session)
-        parsed = parse_commands(mail.new_text)
         thread = Thread(in_reply_to=mail.message_id, references=tuple(dict.fromkeys((ticket.thread_id,
                                                                                        *mail.references))))
         state = state_of(ticket, session=session)

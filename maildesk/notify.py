@@ -30,7 +30,6 @@ from maildesk.states import possible_for
 
 UNSAFE_HEADER_CHARACTERS = re.compile("[\r\n\x00\u2028\u2029]+")
 MAX_HEADER_TEXT = 200
-LOOP_HEADER = "X-Maildesk-Loop"
 TOKEN_PURPOSES = {"estimate_request": "estimate"}
 NEVER_MAIL = re.compile(r"^(mailer-daemon|postmaster|no-?reply|do-?not-?reply|abuse|root)@", re.IGNORECASE)
 

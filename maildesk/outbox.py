@@ -31,8 +31,9 @@ from sqlalchemy.engine import Engine
 
 from maildesk import store
 from maildesk.config import Settings
+from maildesk.core.classify import LOOP_HEADER
 from maildesk.models import OutboxItem, UTCDateTime
-from maildesk.notify import LOOP_HEADER, header_safe
+from maildesk.notify import header_safe
 from maildesk.rows import typed_rows
 
 log = logging.getLogger("maildesk.outbox")

@@ -1,9 +1,9 @@
 """Parsing beside the pipeline: the parse stage of a batch runs in a helper process.
 
-Flow: inbox rows -> **parse (here, in another process)** -> route -> ... in the main process.
-Parsing and quote stripping are the CPU-heaviest stage (a few ms per mail) and need no
-database; with them on the second core the main process routes, stores and renders the mails
-already parsed while the next ones are read. `Pipeline.prepare` hands a batch to
+Flow: inbox rows -> **parse and examine (here, in another process)** -> route -> ... in the main
+process. Parsing and quote stripping are the CPU-heaviest stage (a few ms per mail) and need no
+database, nor does examining the parsed mail (`examine`); with them on the second core the main
+process routes, stores and renders the mails already parsed while the next ones are read. `Pipeline.prepare` hands a batch to
 `ProcessParser.parse_many`; `Pipeline.finish` handles each result as it arrives, in order.
 
 The mails of a batch go to the helper as soon as the batch is prepared (`Pipeline.prepare`),
@@ -15,6 +15,7 @@ instead and a new helper starts with the next batch; nothing is lost.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import multiprocessing
 import os
@@ -25,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
-from maildesk.core.mail import InboundMail
+from maildesk.examine import Examined, Examiner
 from maildesk.parse import ParseError, parse_mail
 
 log = logging.getLogger("maildesk.parse_worker")
@@ -33,13 +34,13 @@ MAX_ATTEMPTS = 3
 CHUNK = 4  # mails per round trip to the helper: fewer trips, yet the first result comes soon
 PARENT_CHECK_SECONDS = 1.0
 
-Parsed = InboundMail | tuple[str, bool]  # the mail, or (reason, quarantine now?)
+Parsed = Examined | tuple[str, bool]  # the mail, or (reason, quarantine now?)
 
 
-def parse_or_reason(raw: bytes, attempts: int) -> Parsed:
-    """The parsed mail, or why it cannot be parsed and whether to quarantine it at once."""
+def parse_or_reason(raw: bytes, attempts: int, examiner: Examiner) -> Parsed:
+    """The parsed and examined mail, or why it cannot be parsed and whether to quarantine it at once."""
     try:
-        return parse_mail(raw)
+        return examiner(parse_mail(raw))
     except ParseError as error:
         return f"cannot parse: {error}", True
     except Exception as error:  # a parser bug must not stop the loop
@@ -68,8 +69,8 @@ def _exit_with_parent(parent: int) -> None:
 class InProcessParser:
     """Parses in the calling thread: pipe mode, tests, and MAILDESK_PARSE_PROCESSES=0."""
 
-    def parse_many(self, raws: Sequence[bytes], attempts: Sequence[int]) -> Iterator[Parsed]:
-        return map(parse_or_reason, raws, attempts)
+    def parse_many(self, raws: Sequence[bytes], attempts: Sequence[int], examiner: Examiner) -> Iterator[Parsed]:
+        return map(parse_or_reason, raws, attempts, itertools.repeat(examiner))
 
     def close(self) -> None:
         """Nothing runs beside us."""
@@ -108,20 +109,22 @@ class ProcessParser:
         self._discard()
         self.processes = 0
 
-    def parse_many(self, raws: Sequence[bytes], attempts: Sequence[int]) -> Iterator[Parsed]:
+    def parse_many(self, raws: Sequence[bytes], attempts: Sequence[int], examiner: Examiner) -> Iterator[Parsed]:
         """The results in order. The mails go to the helper now, not when the first result is
         asked for: it parses them while the caller finishes the batch before."""
         if len(raws) < 2 or self.processes == 0:
-            return map(parse_or_reason, raws, attempts)
+            return map(parse_or_reason, raws, attempts, itertools.repeat(examiner))
         try:
-            results = self._executor().map(parse_or_reason, raws, attempts, chunksize=CHUNK)
+            results = self._executor().map(parse_or_reason, raws, attempts, itertools.repeat(examiner),
+                                           chunksize=CHUNK)
         except BrokenProcessPool:  # the helper died after the last batch: parse this one here
             log.error("the parser process is gone; parsing %d mail(s) of this batch in-process", len(raws))
             self._discard()
-            return map(parse_or_reason, raws, attempts)
-        return self._collect(results, raws, attempts)
+            return map(parse_or_reason, raws, attempts, itertools.repeat(examiner))
+        return self._collect(results, raws, attempts, examiner)
 
-    def _collect(self, results: Iterator[Parsed], raws: Sequence[bytes], attempts: Sequence[int]) -> Iterator[Parsed]:
+    def _collect(self, results: Iterator[Parsed], raws: Sequence[bytes], attempts: Sequence[int],
+                 examiner: Examiner) -> Iterator[Parsed]:
         done = 0
         try:
             for result in results:
@@ -130,7 +133,7 @@ class ProcessParser:
         except BrokenProcessPool:
             log.error("the parser process died; parsing %d mail(s) of this batch in-process", len(raws) - done)
             self._discard()
-            yield from map(parse_or_reason, raws[done:], attempts[done:])
+            yield from map(parse_or_reason, raws[done:], attempts[done:], itertools.repeat(examiner))
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:

@@ -1,5 +1,7 @@
 """The pipeline: a saved inbox row -> parse -> route -> commands -> decisions -> store + notify.
 
+Parsing and examining a mail need no database (`parse_worker`, `examine`: in the parse helper
+for a batch); what is left here does.
 Transports call `store_raw` first (raw bytes committed before anything else happens) and
 then `process_inbox_item`. Each message is handled in one transaction: the ticket change,
 its events, its messages and its outbox rows commit together with the inbox row's new
@@ -30,15 +32,15 @@ from sqlmodel import Session
 from maildesk import rows, sla, store
 from maildesk.config import Settings
 from maildesk.core.mail import InboundMail
-from maildesk.core.classify import classify
 from maildesk.core.route import NewTicket, Reply, Route, route, subject_key, thread_ids
+from maildesk.examine import Examined, Examiner
 from maildesk.handle import Handled, MailHandler
 from maildesk.models import InboxItem, InboxRaw, utcnow
-from maildesk.notify import LOOP_HEADER, Notifier
+from maildesk.notify import Notifier
 from maildesk.parse_worker import MAX_ATTEMPTS, InProcessParser, Parsed, ProcessParser
 from maildesk.reference import ReferenceCache
 from maildesk.render import Renderer, default_templates_dir
-from maildesk.verify import Sender, examine
+from maildesk.verify import Sender
 
 log = logging.getLogger("maildesk.process")
 CLAIM_LEASE = timedelta(minutes=10)
@@ -99,6 +101,7 @@ class Pipeline:
         self.reference = ReferenceCache(engine)
         self.notifier = Notifier(settings, renderer or Renderer(default_templates_dir(), settings.template_cache_dir))
         self.handler = MailHandler(settings, self.notifier)
+        self.examiner = Examiner.of(settings)
 
     def store_raw(self, raw: bytes, source: str) -> Stored:
         """Save the raw bytes (idempotent by SHA-256); raises on a database failure."""
@@ -216,7 +219,7 @@ class Pipeline:
         raw_bytes = [held.get(inbox_id) or read.pop(inbox_id, b"") for inbox_id in unique]  # in a folder: once
         del read  # the parser has its copies; the big ones need not stay here meanwhile
         senders = [quick_sender(raw) for raw in raw_bytes]
-        parsed = self.parser.parse_many(raw_bytes, [attempts[inbox_id] for inbox_id in unique])
+        parsed = self.parser.parse_many(raw_bytes, [attempts[inbox_id] for inbox_id in unique], self.examiner)
         return Prepared(inbox_ids, unique, attempts, senders, iter(parsed), started)
 
     def finish(self, prepared: Prepared) -> list[Outcome | None]:
@@ -296,12 +299,13 @@ class Pipeline:
             session.rollback()  # the transaction held this mail's writes and reads only
             return self._failed(inbox_id, mail, error, attempts, session, started)
 
-    def _failed(self, inbox_id: int, mail: InboundMail, error: Exception, attempts: int, session: Session,
+    def _failed(self, inbox_id: int, examined: Examined, error: Exception, attempts: int, session: Session,
                 started: float) -> Outcome:
-        log.exception("message %s failed", mail.message_id or f"inbox:{inbox_id}", exc_info=error)
+        message_id = examined.mail.message_id
+        log.exception("message %s failed", message_id or f"inbox:{inbox_id}", exc_info=error)
         self._forget_session_objects(session)
         return self._mark_failed(inbox_id, f"{type(error).__name__}: {error}", attempts >= MAX_ATTEMPTS,
-                                 mail.message_id, session, started)
+                                 message_id, session, started)
 
     def _process_unguarded(self, inbox_id: int, mail: Parsed, attempts: int, session: Session,
                            started: float) -> Outcome:
@@ -311,8 +315,8 @@ class Pipeline:
         handled = self._handle(mail, inbox_id, session)
         rows.update_by_id(InboxItem, inbox_id, dict(
             state=handled.state, reason=handled.reason[:2000], processed_at=self.clock(),
-            ticket_id=handled.ticket_id, sender=mail.from_address[:320], claimed_by=None), session=session)
-        return Outcome(inbox_id, handled.state, handled.ticket_key, handled.reason, mail.message_id,
+            ticket_id=handled.ticket_id, sender=mail.mail.from_address[:320], claimed_by=None), session=session)
+        return Outcome(inbox_id, handled.state, handled.ticket_key, handled.reason, mail.mail.message_id,
                        (time.perf_counter() - started) * 1000)
 
     def _forget_session_objects(self, session: Session) -> None:
@@ -329,14 +333,12 @@ class Pipeline:
                           session=session)
         return Outcome(inbox_id, state, None, reason, message_id, (time.perf_counter() - started) * 1000)
 
-    def _handle(self, mail: InboundMail, inbox_id: int, session: Session) -> Handled:
-        """Classify, identify, route, then hand the mail to the handler for its route."""
+    def _handle(self, examined: Examined, inbox_id: int, session: Session) -> Handled:
+        """Route the examined mail, then hand it to the handler for its route."""
         now = self.clock()
-        classification = classify(mail, support_address=self.settings.support_address,
-                                  own_domain=self.settings.support_domain, loop_header=LOOP_HEADER)
+        mail, classification, sender = examined.mail, examined.classification, examined.sender
         if classification.kind == "own_loop":
             return Handled(State.IGNORED.value, f"own mail coming back ({classification.reason})")
-        sender = examine(mail, self.settings)
         decision = self._route(mail, sender, session=session)
         ticket = store.find_ticket(decision.key, session=session) if isinstance(decision, Reply) else None
         address = sender.identity.address or mail.from_address
@@ -346,7 +348,8 @@ class Pipeline:
         if user is None or not sender.evidence.from_trusted:
             return self.handler.unknown_sender(mail, inbox_id, sender, session=session, now=now)
         if ticket is not None:
-            return self.handler.reply(mail, inbox_id, ticket, user, sender, session=session, now=now)
+            return self.handler.reply(mail, examined.commands, inbox_id, ticket, user, sender, session=session,
+                                      now=now)
         new_type = decision.type if isinstance(decision, NewTicket) else None
         return self.handler.new_ticket(mail, inbox_id, user, new_type, session=session, now=now)
 

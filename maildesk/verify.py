@@ -7,9 +7,9 @@ Gathered once per mail, before routing, and handed to the command rule in
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from maildesk.authresults import verified_domain
-from maildesk.config import Settings
 from maildesk.core.authorize import Evidence
 from maildesk.core.identity import Identity, sender_identity
 from maildesk.core.mail import InboundMail
@@ -25,11 +25,22 @@ class Sender:
     evidence: Evidence
 
 
-def secret(settings: Settings) -> bytes:
-    return settings.secret_key.encode("utf-8")
+class SenderSettings(Protocol):
+    """What checking a sender reads of the settings (`Settings`, `examine.Examiner`)."""
+
+    @property
+    def support_address(self) -> str: ...
+    @property
+    def support_domain(self) -> str: ...
+    @property
+    def address_separator(self) -> str: ...
+    @property
+    def secret_key(self) -> str: ...
+    @property
+    def trusted_authserv_ids(self) -> tuple[str, ...]: ...
 
 
-def find_token(mail: InboundMail, settings: Settings) -> str | None:
+def find_token(mail: InboundMail, settings: SenderSettings) -> str | None:
     """A token in a recipient address first, then in the threading headers."""
     recipients = [*mail.to, *mail.cc]
     for name in RECIPIENT_HEADERS:
@@ -45,13 +56,13 @@ def find_token(mail: InboundMail, settings: Settings) -> str | None:
     return None
 
 
-def examine(mail: InboundMail, settings: Settings) -> Sender:
+def examine(mail: InboundMail, settings: SenderSettings) -> Sender:
     identity = sender_identity(mail.header_values("From") or ([mail.from_address] if mail.from_address else []))
     token = find_token(mail, settings)
     claims = None
     token_problem = "" if token else "no_token"
     if token and identity.address:
-        claims = verify_token(secret(settings), token, recipient=identity.address)
+        claims = verify_token(settings.secret_key.encode("utf-8"), token, recipient=identity.address)
         token_problem = "" if claims else "token_invalid_or_not_yours"
     domain = identity.address.rpartition("@")[2] if identity.address else ""
     verification = verified_domain(mail.header_values("Authentication-Results"),

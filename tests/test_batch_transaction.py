@@ -14,6 +14,7 @@ from pathlib import Path
 from maildesk import store
 from maildesk.config import load_settings
 from maildesk.directory import add_organisation, add_user
+from maildesk.examine import Examiner
 from maildesk.models import utcnow
 from maildesk.parse_worker import InProcessParser, Parsed
 from maildesk.process import Pipeline, State
@@ -30,8 +31,8 @@ class HeldParser(InProcessParser):
         self.asked = threading.Event()
         self.go_on = threading.Event()
 
-    def parse_many(self, raws: Sequence[bytes], attempts: Sequence[int]) -> Iterator[Parsed]:
-        results = super().parse_many(raws, attempts)
+    def parse_many(self, raws: Sequence[bytes], attempts: Sequence[int], examiner: Examiner) -> Iterator[Parsed]:
+        results = super().parse_many(raws, attempts, examiner)
 
         def held() -> Iterator[Parsed]:
             self.asked.set()

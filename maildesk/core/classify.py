@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 from maildesk.core.mail import InboundMail
 
+LOOP_HEADER = "X-Maildesk-Loop"  # on every mail we send: seeing it come in is our own loop
 KINDS = ("human", "auto_reply", "bulk", "bounce", "own_loop")
 BOUNCE_SENDERS = frozenset({"mailer-daemon", "postmaster"})
 REPORT_TYPES = frozenset({"multipart/report", "message/delivery-status", "message/global-delivery-status",
@@ -100,7 +101,7 @@ class Rule:
 
 
 def classify(mail: InboundMail, *, support_address: str, own_domain: str,
-             loop_header: str = "X-Maildesk-Loop") -> Classification:
+             loop_header: str = LOOP_HEADER) -> Classification:
     """The class of `mail` by the first rule in RULES that fires; "human" when none does."""
     context = Context(support_address.strip().lower(), own_domain.strip().lower().strip("."), loop_header)
     for rule in RULES:
