@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import functools
 from collections import namedtuple
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -40,6 +39,7 @@ class _Compiled:
     processors: tuple[Callable[[Any], Any] | None, ...]
     positional: bool  # sqlite3 takes a sequence ("?"), psycopg a mapping ("%(name)s")
     defaults: Mapping[str, Any]  # the values of parameters the statement itself fixed (its literals)
+    returning: bool  # the new id comes back as a row (PostgreSQL), not as sqlite3's lastrowid
 
 
 @dataclass(frozen=True)
@@ -52,48 +52,48 @@ class _Prepared:
     converters: tuple[Callable[[Any], Any] | None, ...]  # each returned column's result processor
 
 
-_CACHE: dict[tuple[str, str, tuple[str, ...]], _Compiled] = {}
+_CACHE: dict[tuple[str, str, str, tuple[str, ...]], _Compiled] = {}
 _PREPARED: dict[tuple[str, int], _Prepared] = {}
 
 
 def insert_one(model: type[SQLModel], values: Mapping[str, Any], *, session: Session) -> int:
     """INSERT one row with the columns given in `values`; returns the new id."""
-    table = _table(model)
     connection, cursor = _cursor(session)
-    compiled = _compiled("insert", table, tuple(values), connection.dialect)
-    with _errors(connection, compiled.sql):
-        try:
-            cursor.execute(compiled.sql, _parameters(compiled, values))
-            return int(cursor.lastrowid if compiled.sql.find(" RETURNING ") < 0 else cursor.fetchone()[0])
-        finally:
-            cursor.close()
+    compiled = _compiled("insert", _table(model), tuple(values), connection.dialect)
+    try:
+        cursor.execute(compiled.sql, _parameters(compiled, values))
+        return int(cursor.fetchone()[0] if compiled.returning else cursor.lastrowid)
+    except connection.dialect.loaded_dbapi.Error as error:
+        raise _translated(connection, compiled.sql, error) from error
+    finally:
+        cursor.close()
 
 
 def insert_many(model: type[SQLModel], rows: Sequence[Mapping[str, Any]], *, session: Session) -> None:
     """INSERT rows that all give the same columns, in one executemany; no ids come back."""
     if not rows:
         return
-    table = _table(model)
     connection, cursor = _cursor(session)
-    compiled = _compiled("insert-many", table, tuple(rows[0]), connection.dialect)
-    with _errors(connection, compiled.sql):
-        try:
-            cursor.executemany(compiled.sql, [_parameters(compiled, values) for values in rows])
-        finally:
-            cursor.close()
+    compiled = _compiled("insert-many", _table(model), tuple(rows[0]), connection.dialect)
+    try:
+        cursor.executemany(compiled.sql, [_parameters(compiled, values) for values in rows])
+    except connection.dialect.loaded_dbapi.Error as error:
+        raise _translated(connection, compiled.sql, error) from error
+    finally:
+        cursor.close()
 
 
 def update_by_id(model: type[SQLModel], row_id: int, values: Mapping[str, Any], *, session: Session) -> int:
     """UPDATE the columns given in `values` of one row; returns the number of rows changed."""
-    table = _table(model)
     connection, cursor = _cursor(session)
-    compiled = _compiled("update", table, tuple(values), connection.dialect)
-    with _errors(connection, compiled.sql):
-        try:
-            cursor.execute(compiled.sql, _parameters(compiled, {**values, "row_id": row_id}))
-            return int(cursor.rowcount)
-        finally:
-            cursor.close()
+    compiled = _compiled("update", _table(model), tuple(values), connection.dialect)
+    try:
+        cursor.execute(compiled.sql, _parameters(compiled, {**values, "row_id": row_id}))
+        return int(cursor.rowcount)
+    except connection.dialect.loaded_dbapi.Error as error:
+        raise _translated(connection, compiled.sql, error) from error
+    finally:
+        cursor.close()
 
 
 def first_row(statement: Any, values: Mapping[str, Any], *, session: Session) -> tuple[Any, ...] | None:
@@ -179,12 +179,13 @@ def _run_prepared(statement: Any, values: Mapping[str, Any], *, session: Session
                   fetch: Callable[[Any], Any]) -> Any:
     connection, cursor = _cursor(session)
     compiled = _prepared(statement, connection.dialect).compiled
-    with _errors(connection, compiled.sql):
-        try:
-            cursor.execute(compiled.sql, _parameters(compiled, {**compiled.defaults, **values}))
-            found = fetch(cursor)
-        finally:
-            cursor.close()
+    try:
+        cursor.execute(compiled.sql, _parameters(compiled, {**compiled.defaults, **values}))
+        found = fetch(cursor)
+    except connection.dialect.loaded_dbapi.Error as error:
+        raise _translated(connection, compiled.sql, error) from error
+    finally:
+        cursor.close()
     if isinstance(found, list):
         return [tuple(row) for row in found]
     return tuple(found) if found is not None else None
@@ -203,7 +204,7 @@ def _prepared(statement: Any, dialect: Dialect) -> _Prepared:
 
 
 def _compiled(kind: str, table: Table, names: tuple[str, ...], dialect: Dialect) -> _Compiled:
-    key = (f"{kind} {dialect.name}", table.name, names)
+    key = (kind, dialect.name, table.name, names)
     if key not in _CACHE:
         if kind == "insert-many":
             statement: Any = insert(table)
@@ -226,7 +227,7 @@ def _prepare(compiled: Any, dialect: Dialect) -> _Compiled:
     sql = str(compiled)
     if "POSTCOMPILE" in sql:
         raise ValueError(f"a prepared statement takes no expanding IN list (use rows.numbered): {sql}")
-    return _Compiled(sql, order, processors, bool(compiled.positional), defaults)
+    return _Compiled(sql, order, processors, bool(compiled.positional), defaults, " RETURNING " in sql)
 
 
 def _table(model: type[SQLModel]) -> Table:
@@ -239,14 +240,9 @@ def _parameters(compiled: _Compiled, values: Mapping[str, Any]) -> Sequence[Any]
     return converted if compiled.positional else dict(zip(compiled.names, converted))
 
 
-@contextmanager
-def _errors(connection: Connection, sql: str) -> Iterator[None]:
-    """Driver errors as SQLAlchemy's (IntegrityError and the rest), as callers already expect."""
-    base = connection.dialect.loaded_dbapi.Error
-    try:
-        yield
-    except base as error:
-        raise DBAPIError.instance(sql, None, error, base) from error
+def _translated(connection: Connection, sql: str, error: Exception) -> DBAPIError:
+    """A driver error as SQLAlchemy's (IntegrityError and the rest), as callers already expect."""
+    return DBAPIError.instance(sql, None, error, connection.dialect.loaded_dbapi.Error)  # type: ignore[no-any-return]
 
 
 def _cursor(session: Session) -> tuple[Connection, Any]:

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, column, select, table, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.types import TypeDecorator
 
 from maildesk import rows, store
@@ -41,6 +42,23 @@ def test_a_statement_with_literals_runs_with_them_and_returns_every_row(tmp_path
         assert rows.all_rows(claim, {"now": T0}, session=session) == []  # nothing new or failed is left
         assert rows.first_row(select(INBOX.c.claimed_at).where(INBOX.c.message_id == "<0@x>"), {},
                               session=session) == ("2026-12-01 09:00:00.000000",)  # UTCDateTime's stored form
+
+
+def test_driver_errors_come_out_as_sqlalchemy_s_naming_the_statement(tmp_path: Path) -> None:
+    """The pipeline relies on IntegrityError (a mail stored twice by two workers) from every call."""
+    engine = desk(tmp_path)
+    twice = {"received_at": T0, "source": "test", "sha256": f"{0:064d}", "size": 1, "message_id": "", "state": "new",
+             "reason": "", "attempts": 0, "sender": ""}
+    with store.transaction(engine) as session:
+        with pytest.raises(IntegrityError, match="INSERT INTO inbox") as one:
+            rows.insert_one(InboxItem, twice, session=session)
+        assert "UNIQUE constraint failed: inbox.sha256" in str(one.value.orig)
+        with pytest.raises(IntegrityError, match="INSERT INTO inbox"):
+            rows.insert_many(InboxItem, [twice], session=session)
+        with pytest.raises(IntegrityError, match="UPDATE inbox"):
+            rows.update_by_id(InboxItem, 2, {"sha256": f"{0:064d}"}, session=session)
+        with pytest.raises(OperationalError, match="no such table: nowhere"):
+            rows.all_rows(select(column("id")).select_from(table("nowhere")), {}, session=session)
 
 
 def test_a_new_statement_with_the_id_of_a_freed_one_is_compiled_afresh(tmp_path: Path) -> None:
