@@ -3,6 +3,7 @@ alone, the checkpointer thread copies it into the database."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -84,3 +85,31 @@ def test_every_connection_is_in_wal_mode_with_the_larger_page_cache(engine: Engi
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert connection.exec_driver_sql("PRAGMA cache_size").scalar() == -store.SQLITE_CACHE_MIB * 1024
         assert store.SQLITE_CACHE_MIB * 1024 > 2000  # above SQLite's default of 2000 KiB
+
+
+def test_a_savepoint_keeps_the_pages_it_may_roll_back_in_memory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch runs in one savepoint; SQLite copies each page the savepoint changes first into a
+    statement journal, a temporary file past 64 KiB (a write system call per page) unless
+    temp_store is MEMORY."""
+    temporary = tmp_path / "sqlite-temp"
+    temporary.mkdir()
+    monkeypatch.setenv("SQLITE_TMPDIR", str(temporary))  # SQLite reads it at each temporary file it opens
+    engine = store.make_engine(f"sqlite:///{tmp_path / 'batch.db'}")
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TABLE blob (id INTEGER PRIMARY KEY, data BLOB)"))
+        connection.execute(text("INSERT INTO blob (data) VALUES (:data)"), [{"data": b"x" * 3000}] * 200)
+
+    def temporary_files() -> list[str]:  # SQLite unlinks them at once: only the open descriptor shows them
+        links = (os.readlink(path) for path in Path("/proc/self/fd").iterdir() if path.is_symlink())
+        return [link for link in links if link.startswith(str(temporary))]
+
+    with engine.begin() as connection:
+        assert connection.exec_driver_sql("PRAGMA temp_store").scalar() == 2  # MEMORY
+        savepoint = connection.begin_nested()
+        connection.execute(text("UPDATE blob SET data = :data"), {"data": b"y" * 3000})  # 200 pages, 800 KiB
+        assert temporary_files() == []
+        savepoint.rollback()
+        assert connection.exec_driver_sql("SELECT count(*) FROM blob WHERE data = :x", {"x": b"x" * 3000}).scalar() \
+            == 200
+    engine.dispose()
