@@ -296,3 +296,24 @@ def test_every_public_corpus_file_gives_a_mail_or_a_parse_error() -> None:
             outcomes["mail"] += 1
     assert sum(outcomes.values()) == len(files) > 100
     assert outcomes["mail"] > outcomes["refused"]
+
+
+@pytest.mark.parametrize("header", [b"To: Anna <anna@klients.lv> <other@klients.lv>",  # first To: parsed whole
+                                    b"Reply-To: Anna anna@klients.lv"])  # only checked
+def test_a_broken_address_header_seen_before_is_reported_again(header: bytes) -> None:
+    """Address headers are remembered between mails (mail-parser's parser takes ~100 µs a
+    header); a mail whose broken header was seen before must still say so."""
+    raw = raw_mail([header])
+    parse._remembered_addresses.cache_clear()
+    first, again = parse_mail(raw), parse_mail(raw)
+    assert parse._remembered_addresses.cache_info().hits >= 1
+    assert first == again and "MIME: AddressHeaderDefect" in again.defects
+
+
+def test_a_long_address_header_is_parsed_but_not_remembered() -> None:
+    recipients = ", ".join(f"Person {number} <person{number}@klients.lv>" for number in range(200))
+    assert len(recipients) > parse.ADDRESS_CACHE_CHARACTERS
+    parse._remembered_addresses.cache_clear()
+    mail = parse_mail(raw_mail([b"Cc: " + recipients.encode()]))
+    assert len(mail.cc) == 200 and mail.cc[-1] == "person199@klients.lv"
+    assert parse._remembered_addresses.cache_info().currsize == 2  # From and To only
