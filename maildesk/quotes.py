@@ -23,7 +23,6 @@ from mailparser_reply.parser import EmailMessage
 LANGUAGES: Final = ("en", "lv")
 
 
-
 def _header_block(field_names: str) -> str:
     """mail-parser-reply's Outlook header-block pattern ("From: ...\nSent: ..."), anchored at line
     starts: it matches the same lines as the library's `(?:^|\n|\n>)` form, but the regex engine

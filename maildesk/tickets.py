@@ -134,9 +134,6 @@ def events_of(ticket: Ticket, *, session: Session) -> list[Event]:
     return list(session.exec(query).scalars())  # type: ignore[call-overload]
 
 
-
-
-
 def open_for_caller(reporter: User, agent: User, summary: str, description: str, ticket_type: str | None, *,
                     session: Session, settings: Settings, notifier: Notifier, now: datetime) -> Ticket:
     """The phone channel: an agent opens a ticket on the caller's behalf; the caller is told."""
