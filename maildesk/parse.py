@@ -479,7 +479,7 @@ def _check_addresses(raw_headers: list[tuple[str, str]], categories: set[str]) -
         if "AddressHeaderDefect" in categories:
             return
         if key in _CHECKED_ADDRESS_HEADERS and not (first and key in _ADDRESS_HEADERS and value.isascii()):
-            if _ascii_addresses(value)[1] if value.isascii() else _address_problems(_fetched(value)):
+            if (_ascii_addresses(value) if value.isascii() else _hardened_addresses(_fetched(value)))[1]:
                 categories.add("AddressHeaderDefect")
                 return
 
@@ -491,18 +491,12 @@ def _ascii_addresses(raw: str) -> tuple[tuple[tuple[str, str], ...], bool]:
     return _remembered_addresses(raw) if len(raw) <= ADDRESS_CACHE_CHARACTERS else _hardened_addresses(raw)
 
 
-def _hardened_addresses(raw: str) -> tuple[tuple[tuple[str, str], ...], bool]:
+def _hardened_addresses(raw: str | Header) -> tuple[tuple[tuple[str, str], ...], bool]:
     problems: list[dict[str, object]] = []
     return tuple(get_addresses(raw, defects=problems, decode_names=True)), bool(problems)
 
 
 _remembered_addresses = functools.lru_cache(maxsize=ADDRESS_CACHE)(_hardened_addresses)
-
-
-def _address_problems(value: str | Header) -> bool:
-    problems: list[dict[str, object]] = []
-    get_addresses(value, defects=problems, decode_names=True)
-    return bool(problems)
 
 
 def _fetched(value: str) -> str | Header:

@@ -3,8 +3,9 @@
 Flow: inbox rows -> **parse and examine (here, in another process)** -> route -> ... in the main
 process. Parsing and quote stripping are the CPU-heaviest stage (a few ms per mail) and need no
 database, nor does examining the parsed mail (`examine`); with them on the second core the main
-process routes, stores and renders the mails already parsed while the next ones are read. `Pipeline.prepare` hands a batch to
-`ProcessParser.parse_many`; `Pipeline.finish` handles each result as it arrives, in order.
+process routes, stores and renders the mails already parsed while the next ones are read.
+`Pipeline.prepare` hands a batch to `ProcessParser.parse_many`; `Pipeline.finish` handles each
+result as it arrives, in order.
 
 The mails of a batch go to the helper as soon as the batch is prepared (`Pipeline.prepare`),
 so a backlog's next group is parsed while the current one is processed. A batch of one mail

@@ -2,6 +2,7 @@
 
 Parsing and examining a mail need no database (`parse_worker`, `examine`: in the parse helper
 for a batch); what is left here does.
+
 Transports call `store_raw` first (raw bytes committed before anything else happens) and
 then `process_inbox_item`. Each message is handled in one transaction: the ticket change,
 its events, its messages and its outbox rows commit together with the inbox row's new
@@ -307,16 +308,17 @@ class Pipeline:
         return self._mark_failed(inbox_id, f"{type(error).__name__}: {error}", attempts >= MAX_ATTEMPTS,
                                  message_id, session, started)
 
-    def _process_unguarded(self, inbox_id: int, mail: Parsed, attempts: int, session: Session,
+    def _process_unguarded(self, inbox_id: int, parsed: Parsed, attempts: int, session: Session,
                            started: float) -> Outcome:
-        if isinstance(mail, tuple):
-            reason, quarantine = mail
+        if isinstance(parsed, tuple):
+            reason, quarantine = parsed
             return self._mark_failed(inbox_id, reason, quarantine, "", session, started)
-        handled = self._handle(mail, inbox_id, session)
+        handled = self._handle(parsed, inbox_id, session)
+        mail = parsed.mail
         rows.update_by_id(InboxItem, inbox_id, dict(
             state=handled.state, reason=handled.reason[:2000], processed_at=self.clock(),
-            ticket_id=handled.ticket_id, sender=mail.mail.from_address[:320], claimed_by=None), session=session)
-        return Outcome(inbox_id, handled.state, handled.ticket_key, handled.reason, mail.mail.message_id,
+            ticket_id=handled.ticket_id, sender=mail.from_address[:320], claimed_by=None), session=session)
+        return Outcome(inbox_id, handled.state, handled.ticket_key, handled.reason, mail.message_id,
                        (time.perf_counter() - started) * 1000)
 
     def _forget_session_objects(self, session: Session) -> None:
