@@ -79,8 +79,8 @@ def _sqlite_pragmas(connection: object, _record: object) -> None:
     cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_MIB * 1024}")  # negative: in KiB, not pages
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_SECONDS * 1000}")
     # A batch runs in one savepoint, and SQLite keeps each page it changes first in a statement
-    # journal: past 64 KiB that went to a temporary file, two write calls per page (3-4 % of the
-    # poller's time in a backlog). In memory it costs the batch's changed pages, a few MiB.
+    # journal: past 64 KiB that went to a temporary file, two write calls per page (~1,600 calls
+    # a second in a backlog). In memory it costs the batch's changed pages, a few MiB.
     cursor.execute("PRAGMA temp_store=MEMORY")
     cursor.close()
 
