@@ -241,7 +241,10 @@ def _parameters(compiled: _Compiled, values: Mapping[str, Any]) -> Sequence[Any]
 
 
 def _translated(connection: Connection, sql: str, error: Exception) -> DBAPIError:
-    """A driver error as SQLAlchemy's (IntegrityError and the rest), as callers already expect."""
+    """A driver error as SQLAlchemy's (IntegrityError and the rest), as callers already expect.
+
+    Each statement says `except ... raise _translated(...)` itself: a shared context manager
+    cost a generator per row (with the other changes of 5696298, insert_one 42.6 -> 30-33 µs)."""
     return DBAPIError.instance(sql, None, error, connection.dialect.loaded_dbapi.Error)  # type: ignore[no-any-return]
 
 
