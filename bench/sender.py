@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -81,7 +83,18 @@ def busy(stop: threading.Event, counter: list[int]) -> None:
         counter[0] += 1
 
 
-def run(args: argparse.Namespace, sink_port: int) -> dict[str, float]:
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU a process has used so far (fields 14 and 15 of proc(5)'s stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run(args: argparse.Namespace, sink_port: int, sink_pid: int) -> dict[str, float]:
     workdir = Path(tempfile.mkdtemp(prefix="maildesk-sender-"))
     settings = load_settings(environ={
         "MAILDESK_DATA_DIR": str(workdir), "MAILDESK_SUPPORT_ADDRESS": "support@servicedesk.example",
@@ -98,10 +111,12 @@ def run(args: argparse.Namespace, sink_port: int) -> dict[str, float]:
         time.sleep(0.2)
     now = T0 + timedelta(seconds=1)
     counted = counter[0]
+    cpu, sink_cpu = own_cpu_seconds(), process_cpu_seconds(sink_pid)
     started = time.perf_counter()
     while send_due(engine, settings, transport, now=now, worker="bench").sent:
         pass
     elapsed = time.perf_counter() - started
+    cpu, sink_cpu = own_cpu_seconds() - cpu, process_cpu_seconds(sink_pid) - sink_cpu
     busy_rate = (counter[0] - counted) / elapsed
     stop.set()
     transport.close()
@@ -109,7 +124,8 @@ def run(args: argparse.Namespace, sink_port: int) -> dict[str, float]:
         unsent = session.execute(select(func.count()).select_from(OutboxItem)
                                  .where(OutboxItem.status != "sent")).scalar_one()
     engine.dispose()
-    return {"seconds": elapsed, "rate": args.rows / elapsed, "unsent": unsent, "busy_rate": busy_rate}
+    return {"seconds": elapsed, "rate": args.rows / elapsed, "unsent": unsent, "busy_rate": busy_rate,
+            "cpu_ms": 1000 * cpu / args.rows, "sink_cpu_ms": 1000 * sink_cpu / args.rows}
 
 
 def main() -> None:
@@ -140,14 +156,15 @@ def main() -> None:
             idle.append(counter[0] / 1.0)
         results = []
         for attempt in range(args.repeat):
-            result = run(args, port)
+            result = run(args, port, sink.pid)
             assert sink.stdin and sink.stdout
             sink.stdin.write("count\n")
             sink.stdin.flush()
             at_sink = int(sink.stdout.readline())
             results.append(result)
             print(f"run {attempt + 1}: {args.rows} rows in {result['seconds']:.2f} s = {result['rate']:.0f} "
-                  f"deliveries/s, unsent {result['unsent']}, sink total {at_sink}"
+                  f"deliveries/s, unsent {result['unsent']}, sink total {at_sink}; CPU a delivery: sender "
+                  f"{result['cpu_ms']:.3f} ms (its whole process), sink {result['sink_cpu_ms']:.3f} ms"
                   + (f", busy thread at {result['busy_rate']:.0f} loops/s (alone {idle[0]:.0f})" if args.busy else ""),
                   flush=True)
         best = max(results, key=lambda r: r["rate"])

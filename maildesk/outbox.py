@@ -16,7 +16,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.message import EmailMessage
@@ -61,11 +61,37 @@ class DeliveryError(Exception):
         self.permanent = permanent
 
 
+@dataclass(frozen=True)
+class Envelope:
+    """One message for a transport: whom it goes to, its bytes, and the Message-ID naming it."""
+
+    recipients: list[str]
+    message: bytes
+    message_id: str
+
+
+# A message handed over: per-recipient results, or why nobody could be reached.
+Delivery = tuple[Envelope, Union[Mapping[str, RecipientResult], DeliveryError]]
+
+
 class Transport(Protocol):
-    def deliver(self, envelope_from: str, recipients: list[str], message: bytes,
-                message_id: str) -> Mapping[str, RecipientResult]: ...
+    def deliver_many(self, envelope_from: str, envelopes: Iterable[Envelope]) -> Iterator[Delivery]:
+        """Hand over each envelope, taken from `envelopes` one at a time as the transport is ready
+        for it; yields each one with its result once known (the order may differ). Every envelope
+        taken is yielded, unless the transport raises."""
+        ...
 
     def close(self) -> None: ...
+
+
+def one_by_one(deliver: Callable[[str, list[str], bytes, str], Mapping[str, RecipientResult]],
+               envelope_from: str, envelopes: Iterable[Envelope]) -> Iterator[Delivery]:
+    """`deliver_many` for a transport that hands over one message at a time."""
+    for envelope in envelopes:
+        try:
+            yield envelope, deliver(envelope_from, envelope.recipients, envelope.message, envelope.message_id)
+        except DeliveryError as error:
+            yield envelope, error
 
 
 class FolderTransport:
@@ -82,6 +108,9 @@ class FolderTransport:
         temporary.write_bytes(message)
         temporary.replace(self.folder / name)
         return {recipient: RecipientResult(True, detail=f"written to {name}") for recipient in recipients}
+
+    def deliver_many(self, envelope_from: str, envelopes: Iterable[Envelope]) -> Iterator[Delivery]:
+        return one_by_one(self.deliver, envelope_from, envelopes)
 
     def close(self) -> None:
         """Nothing to close: every write is complete when deliver returns."""
@@ -306,27 +335,39 @@ def send_due(engine: Engine, settings: Settings, transport: Transport, *, now: d
              worker: str = "maildesk", limit: int = 100, stop: Callable[[], bool] | None = None) -> SendReport:
     """Send one batch of due rows; returns how many were sent, rescheduled and failed.
 
-    One statement claims and reads the batch; results are recorded for many sends in one
-    transaction (at least every RECORD_EVERY_SECONDS). When `stop()` turns true, the rows not
-    yet attempted go back to pending untouched.
+    One statement claims and reads the batch; the transport takes the messages one after the
+    other (over one connection, pipelined where the server allows it); results are recorded for
+    many sends in one transaction (at least every RECORD_EVERY_SECONDS). When `stop()` turns
+    true, the rows not yet handed over go back to pending untouched.
     """
     rows = _claim(engine, now=now, worker=worker, limit=limit)
+    in_hand: dict[str, _Attempt] = {}  # handed over, result not known yet; by Message-ID (unique)
     done: list[_Outcome] = []
-    recorded, last_record, in_hand = 0, time.monotonic(), False
-    try:
+    taken, recorded, last_record = 0, 0, time.monotonic()
+
+    def envelopes() -> Iterator[Envelope]:
+        nonlocal taken
         for row in rows:
             if stop is not None and stop():
-                break
-            in_hand = True
-            done.append(_attempt(settings, transport, row, now=now))
-            in_hand = False
+                return
+            taken += 1
+            attempt = _attempt_for(settings, row)
+            if attempt.envelope is None:
+                done.append(_outcome_of(settings, attempt, attempt.problem, now=now))
+                continue
+            in_hand[row.message_id] = attempt
+            yield attempt.envelope
+
+    try:
+        for envelope, result in transport.deliver_many(settings.bounce_address, envelopes()):
+            done.append(_outcome_of(settings, in_hand.pop(envelope.message_id), result, now=now))
             if time.monotonic() - last_record >= RECORD_EVERY_SECONDS:
                 _record(engine, done[recorded:])
                 recorded, last_record = len(done), time.monotonic()
     finally:
-        # Rows never attempted go back to pending. After an unexpected error the row in hand
-        # stays claimed: it may have been sent, so it waits for the lease like a crashed worker's.
-        untouched = [row.id for row in rows[len(done) + in_hand:]]
+        # Rows never handed over go back to pending. After an unexpected error the rows in hand
+        # stay claimed: they may have been sent, so they wait for the lease like a crashed worker's.
+        untouched = [row.id for row in rows[taken:]]
         if recorded < len(done) or untouched:
             _record(engine, done[recorded:], release=untouched)
     statuses = [outcome.values["status"] for outcome in done]
@@ -342,7 +383,12 @@ def send_one(engine: Engine, settings: Settings, transport: Transport, outbox_id
         row = session.execute(claim).first()
         if row is None:
             return str(session.execute(select(_OUTBOX.c.status).where(_OUTBOX.c.id == outbox_id)).scalar_one())
-    outcome = _attempt(settings, transport, row, now=now)
+    attempt = _attempt_for(settings, row)
+    result: Mapping[str, RecipientResult] | DeliveryError | None = attempt.problem
+    if attempt.envelope is not None:
+        for _envelope, result in transport.deliver_many(settings.bounce_address, [attempt.envelope]):
+            pass
+    outcome = _outcome_of(settings, attempt, result, now=now)
     _record(engine, [outcome])
     return str(outcome.values["status"])
 
@@ -355,8 +401,20 @@ class _Outcome:
     message_id: str
 
 
-def _attempt(settings: Settings, transport: Transport, row: OutboxRow, *, now: datetime) -> _Outcome:
-    """Deliver one claimed row to the recipients still waiting; nothing is written here."""
+@dataclass(frozen=True)
+class _Attempt:
+    """A claimed row about to be handed over: what earlier attempts left, the recipients still
+    waiting, and the envelope, or (no envelope) why the message cannot be built."""
+
+    row: Any
+    previous: dict[str, dict[str, str]]
+    waiting: list[str]
+    envelope: Envelope | None
+    problem: DeliveryError | None = None
+
+
+def _attempt_for(settings: Settings, row: OutboxRow) -> _Attempt:
+    """Build one claimed row's message for the recipients still waiting; nothing is written here."""
     previous: dict[str, dict[str, str]] = json.loads(row.recipient_results or "{}")
     waiting = [address for address in json.loads(row.to_addresses)
                if previous.get(address, {}).get("state") not in ("delivered", "refused")]
@@ -364,14 +422,21 @@ def _attempt(settings: Settings, transport: Transport, row: OutboxRow, *, now: d
         message = message_bytes(row, settings)
     except Exception as error:  # a bug, not a delivery problem: waiting would not make it go away
         log.exception("outbox=%d message_id=%s: the message cannot be built", row.id, row.message_id)
-        message, results = b"", {address: RecipientResult(False, True, f"the message cannot be built: {error!r}")
-                                 for address in waiting}
-    if message:
-        try:
-            results = dict(transport.deliver(settings.bounce_address, waiting, message, row.message_id))
-        except DeliveryError as error:
-            results = {address: RecipientResult(False, error.permanent, str(error)) for address in waiting}
-    return _Outcome(_outcome(settings, row, previous, results, now=now), row.message_id)
+        return _Attempt(row, previous, waiting, None,
+                        DeliveryError(f"the message cannot be built: {error!r}", permanent=True))
+    return _Attempt(row, previous, waiting, Envelope(waiting, message, row.message_id))
+
+
+def _outcome_of(settings: Settings, attempt: _Attempt, result: Mapping[str, RecipientResult] | DeliveryError | None,
+                *, now: datetime) -> _Outcome:
+    """The row's new values after the transport's answer (a DeliveryError holds for every recipient)."""
+    if result is None or isinstance(result, DeliveryError):
+        error = result or DeliveryError("the transport gave no result", permanent=False)
+        results: Mapping[str, RecipientResult] = {address: RecipientResult(False, error.permanent, str(error))
+                                                  for address in attempt.waiting}
+    else:
+        results = result
+    return _Outcome(_outcome(settings, attempt.row, attempt.previous, results, now=now), attempt.row.message_id)
 
 
 def _outcome(settings: Settings, row: OutboxRow, previous: dict[str, dict[str, str]],

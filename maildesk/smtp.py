@@ -1,9 +1,10 @@
 """SMTP out: the last step of the flow (... -> outbox -> SMTP), and the only smtplib user.
 
-`outbox.send_due` hands each built message to a `Transport`; `SmtpTransport` is the one
-that relays it to the configured server over a single connection kept open across
-messages, pipelining each message's commands (RFC 2920) where the server offers it, so that
-a distant relay costs two round trips a message instead of four. Every outcome is
+`outbox.send_due` hands a batch of built messages to a `Transport`; `SmtpTransport` is the
+one that relays them to the configured server over a single connection kept open across
+messages, pipelining (RFC 2920) where the server offers it: a message's commands go out
+together, and with the body of the message before them, so that a distant relay costs one
+round trip a message instead of four (two for the last of a batch). Every outcome is
 translated into the outbox's terms: per-recipient results for refusals at RCPT (smtplib's
 returned dict is never dropped), and `DeliveryError` (temporary or permanent) when the
 whole message could not be handed over. Temporary means 4xx, a dropped connection, a
@@ -18,9 +19,11 @@ import re
 import smtplib
 import ssl
 import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 from maildesk.config import Settings
-from maildesk.outbox import DeliveryError, RecipientResult, Transport, folder_transport
+from maildesk.outbox import Delivery, DeliveryError, Envelope, RecipientResult, Transport, folder_transport
 
 log = logging.getLogger("maildesk.smtp")
 # A connection idle for longer than this is checked with NOOP before use: servers drop
@@ -45,36 +48,111 @@ class SmtpTransport:
     def deliver(self, envelope_from: str, recipients: list[str], message: bytes,
                 message_id: str) -> dict[str, RecipientResult]:
         """Send one message; raises DeliveryError when no recipient could be reached."""
-        client = self._connection()
+        for _envelope, result in self.deliver_many(envelope_from, [Envelope(recipients, message, message_id)]):
+            if isinstance(result, DeliveryError):
+                raise result
+            return dict(result)
+        raise AssertionError("deliver_many yields every envelope it takes")
+
+    def deliver_many(self, envelope_from: str, envelopes: Iterable[Envelope]) -> Iterator[Delivery]:
+        """Send the messages one after the other over the connection.
+
+        Where the server offers PIPELINING, a message's body and the next one's MAIL, RCPT and
+        DATA go out in one write (RFC 2920 section 3.1: message content may start a group), so a
+        message costs one round trip; otherwise each goes by smtplib's `sendmail`. A message that
+        cannot be handed over comes back with its DeliveryError and the next one is tried, over a
+        new connection when this one was lost.
+        """
+        in_flight: _InFlight | None = None
         try:
-            options = _mail_options(client, envelope_from, recipients, message)
-            if client.has_extn("pipelining"):
-                refused = _send_pipelined(client, envelope_from, recipients, message, options)
-            else:
-                refused = client.sendmail(envelope_from, recipients, message, mail_options=options)
-        except smtplib.SMTPRecipientsRefused as error:
-            refused = error.recipients  # every recipient refused at RCPT: still a per-recipient answer
-        except smtplib.SMTPSenderRefused as error:
-            raise _response_error("MAIL FROM refused", error) from None
-        except smtplib.SMTPDataError as error:
-            raise _response_error("message refused", error) from None
-        except smtplib.SMTPNotSupportedError as error:
-            raise DeliveryError(f"the SMTP server cannot take this message: {error}", permanent=True) from None
-        except smtplib.SMTPResponseException as error:
-            self._drop()
-            raise _response_error("SMTP error", error) from None
+            for envelope in envelopes:
+                if in_flight is None:
+                    try:
+                        client = self._connection()
+                    except DeliveryError as error:
+                        yield envelope, error
+                        continue
+                    if not client.has_extn("pipelining"):
+                        yield envelope, self._send_plain(client, envelope_from, envelope)
+                        continue
+                in_flight, answered = self._exchange(in_flight, envelope_from, envelope)
+                yield from answered
+            if in_flight is not None:
+                in_flight, answered = self._exchange(in_flight, envelope_from, None)
+                yield from answered
+        finally:
+            if in_flight is not None:  # left mid-transaction: the server still waits for that body
+                self._drop()
+
+    def _exchange(self, in_flight: _InFlight | None, envelope_from: str,
+                  envelope: Envelope | None) -> tuple[_InFlight | None, list[Delivery]]:
+        """One write (the body in flight, then `envelope`'s commands) and its replies: the
+        results known now, and the message whose body goes with the next write."""
+        client = self._client
+        assert client is not None
+        answered: list[Delivery] = []
+        commands = b""
+        if envelope is not None:
+            try:
+                commands = _commands(client, envelope_from, envelope)
+            except smtplib.SMTPNotSupportedError as error:
+                answered.append((envelope, DeliveryError(f"the SMTP server cannot take this message: {error}",
+                                                         permanent=True)))
+                envelope = None
+        next_flight: _InFlight | None = None
+        try:
+            client.send((_dot_stuffed(in_flight.envelope.message) if in_flight else b"") + commands)
+            if in_flight is not None:
+                answered.append((in_flight.envelope, _body_result(client, in_flight)))
+            if envelope is not None:
+                replies = _envelope_replies(client, envelope)
+                if isinstance(replies, _InFlight):
+                    next_flight = replies
+                else:
+                    answered.append((envelope, replies))
         except (smtplib.SMTPException, OSError) as error:
             # A disconnect after DATA leaves it unknown whether the server took the message:
             # retrying may send a second copy, which beats losing it (same Message-ID).
             self._drop()
-            raise DeliveryError(f"connection to {self._where()} lost: {_describe(error)}", permanent=False) from None
+            lost = DeliveryError(f"connection to {self._where()} lost: {_describe(error)}", permanent=False)
+            done = {id(answer[0]) for answer in answered}
+            return None, answered + [(unanswered, lost) for unanswered in (in_flight and in_flight.envelope, envelope)
+                                     if unanswered is not None and id(unanswered) not in done]
+        finally:
+            self._last_used = time.monotonic()
+        if client.sock is None:
+            self._drop()  # smtplib closes by itself after a 421 (service shutting down)
+        return next_flight, answered
+
+    def _send_plain(self, client: smtplib.SMTP, envelope_from: str,
+                    envelope: Envelope) -> dict[str, RecipientResult] | DeliveryError:
+        """One message by smtplib's `sendmail`: a server without PIPELINING."""
+        recipients = envelope.recipients
+        try:
+            refused = client.sendmail(envelope_from, recipients, envelope.message,
+                                      mail_options=_mail_options(client, envelope_from, recipients, envelope.message))
+        except smtplib.SMTPRecipientsRefused as error:
+            refused = error.recipients  # every recipient refused at RCPT: still a per-recipient answer
+        except smtplib.SMTPSenderRefused as error:
+            return _response_error("MAIL FROM refused", error)
+        except smtplib.SMTPDataError as error:
+            return _response_error("message refused", error)
+        except smtplib.SMTPNotSupportedError as error:
+            return DeliveryError(f"the SMTP server cannot take this message: {error}", permanent=True)
+        except smtplib.SMTPResponseException as error:
+            self._drop()
+            return _response_error("SMTP error", error)
+        except (smtplib.SMTPException, OSError) as error:
+            # As in `_exchange`: it is unknown whether the server took it; a retry may duplicate it.
+            self._drop()
+            return DeliveryError(f"connection to {self._where()} lost: {_describe(error)}", permanent=False)
         finally:
             self._last_used = time.monotonic()
             if self._client is not None and self._client.sock is None:
                 self._drop()  # smtplib closes by itself after a 421 (service shutting down)
-        log.debug("message_id=%s relayed to %s, refused=%d of %d", message_id, self._where(), len(refused),
+        log.debug("message_id=%s relayed to %s, refused=%d of %d", envelope.message_id, self._where(), len(refused),
                   len(recipients))
-        return {recipient: _recipient_result(refused.get(recipient)) for recipient in recipients}
+        return _results(recipients, refused)
 
     def close(self) -> None:
         """QUIT politely; a server that already left is fine too."""
@@ -184,37 +262,59 @@ def _mail_options(client: smtplib.SMTP, envelope_from: str, recipients: list[str
     return options
 
 
-def _send_pipelined(client: smtplib.SMTP, envelope_from: str, recipients: list[str], message: bytes,
-                    options: list[str]) -> dict[str, tuple[int, bytes]]:
-    """`sendmail` with PIPELINING (RFC 2920): MAIL, every RCPT and DATA go out in one write and
-    their replies are read after it, so a message costs two round trips instead of three plus one
-    per recipient. Raises what `sendmail` raises; returns the recipients refused at RCPT."""
+@dataclass(frozen=True)
+class _InFlight:
+    """A message whose DATA the server answered with 354: its body goes out with the next write."""
+
+    envelope: Envelope
+    refused: dict[str, tuple[int, bytes]]  # recipients refused at RCPT
+
+
+def _commands(client: smtplib.SMTP, envelope_from: str, envelope: Envelope) -> bytes:
+    """MAIL, every RCPT and DATA as one pipelined group (RFC 2920); raises SMTPNotSupportedError
+    when the message needs SMTPUTF8 and the server lacks it."""
+    options = _mail_options(client, envelope_from, envelope.recipients, envelope.message)
     if "SMTPUTF8" in options and not client.has_extn("smtputf8"):
         raise smtplib.SMTPNotSupportedError("SMTPUTF8 not supported by server")
     if client.has_extn("size"):
-        options = [*options, f"SIZE={len(message)}"]
+        options.append(f"SIZE={len(envelope.message)}")
     commands = [f"MAIL FROM:{_quoted(envelope_from)}{''.join(' ' + option for option in options)}",
-                *(f"RCPT TO:{_quoted(recipient)}" for recipient in recipients), "DATA"]
-    client.send("".join(command + "\r\n" for command in commands).encode(
-        "utf-8" if "SMTPUTF8" in options else "ascii"))
+                *(f"RCPT TO:{_quoted(recipient)}" for recipient in envelope.recipients), "DATA"]
+    return "".join(command + "\r\n" for command in commands).encode("utf-8" if "SMTPUTF8" in options else "ascii")
+
+
+def _envelope_replies(client: smtplib.SMTP, envelope: Envelope) -> _InFlight | dict[str, RecipientResult] | DeliveryError:
+    """The replies to `_commands`: the message in flight when DATA got 354, else its result (the
+    transaction abandoned or reset, so the connection is ready for the next one)."""
     sender_reply = client.getreply()
-    recipient_replies = [client.getreply() for _ in recipients]
+    recipient_replies = [client.getreply() for _ in envelope.recipients]
     data_reply = client.getreply()
-    refused = {recipient: reply for recipient, reply in zip(recipients, recipient_replies)
+    refused = {recipient: reply for recipient, reply in zip(envelope.recipients, recipient_replies)
                if reply[0] not in (250, 251)}
-    if sender_reply[0] != 250 or len(refused) == len(recipients):
+    if sender_reply[0] != 250:
         _abandon(client, data_reply)
-        if sender_reply[0] != 250:
-            raise smtplib.SMTPSenderRefused(sender_reply[0], sender_reply[1], envelope_from)
-        raise smtplib.SMTPRecipientsRefused(refused)  # type: ignore[arg-type]
+        return _reply_error("MAIL FROM refused", *sender_reply)
+    if len(refused) == len(envelope.recipients):
+        _abandon(client, data_reply)
+        return _results(envelope.recipients, refused)
     if data_reply[0] != 354:
         _reset(client)
-        raise smtplib.SMTPDataError(*data_reply)
-    client.send(_dot_stuffed(message))
+        return _reply_error("message refused", *data_reply)
+    return _InFlight(envelope, refused)
+
+
+def _body_result(client: smtplib.SMTP, in_flight: _InFlight) -> dict[str, RecipientResult] | DeliveryError:
+    """The reply to a body just sent: every recipient's result, or why the message was refused."""
     code, reply = client.getreply()
     if code != 250:
-        raise smtplib.SMTPDataError(code, reply)
-    return refused
+        return _reply_error("message refused", code, reply)
+    log.debug("message_id=%s relayed, refused=%d of %d", in_flight.envelope.message_id, len(in_flight.refused),
+              len(in_flight.envelope.recipients))
+    return _results(in_flight.envelope.recipients, in_flight.refused)
+
+
+def _results(recipients: list[str], refused: dict[str, tuple[int, bytes]]) -> dict[str, RecipientResult]:
+    return {recipient: _recipient_result(refused.get(recipient)) for recipient in recipients}
 
 
 def _abandon(client: smtplib.SMTP, data_reply: tuple[int, bytes]) -> None:
@@ -255,8 +355,12 @@ def _recipient_result(refusal: tuple[int, bytes] | None) -> RecipientResult:
 
 
 def _response_error(what: str, error: smtplib.SMTPResponseException) -> DeliveryError:
+    return _reply_error(what, error.smtp_code, error.smtp_error)
+
+
+def _reply_error(what: str, code: int, reply: bytes | str) -> DeliveryError:
     """4xx: try again later; 5xx: the server will never take it (RFC 5321 section 4.2.1)."""
-    return DeliveryError(f"{what}: {_reply_text(error)}", permanent=error.smtp_code >= 500)
+    return DeliveryError(f"{what}: {code} {_decode(reply)}", permanent=code >= 500)
 
 
 def _reply_text(error: smtplib.SMTPResponseException) -> str:

@@ -580,24 +580,25 @@ class _FaultyHandler:
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         sink = self.sink
+        raw = envelope.original_content or envelope.content or b""
+        if isinstance(raw, str):
+            raw = raw.encode("utf-8", "surrogateescape")
+        message_id = _message_id(bytes(raw))
         with sink._lock:
-            code = None
-            if sink._fail_stage == "data" and sink._fail_remaining > 0:
+            code = sink._refused_messages.get(message_id or "")
+            if code is None and sink._fail_stage == "data" and sink._fail_remaining > 0:
                 sink._fail_remaining -= 1
                 code = sink._fail_code
             stall = sink._stall_seconds if sink._stall_remaining > 0 else 0.0
             sink._stall_remaining = max(0, sink._stall_remaining - 1)
-            drop = sink._drop_remaining > 0
+            drop = sink._drop_remaining > 0 or message_id in sink._dropped_messages
             sink._drop_remaining = max(0, sink._drop_remaining - 1)
         if code is not None:
             return _reply(code, "test sink: injected failure")
         if stall:
             await asyncio.sleep(stall)  # inside the server's loop: models a server that hangs
-        raw = envelope.original_content or envelope.content or b""
-        if isinstance(raw, str):
-            raw = raw.encode("utf-8", "surrogateescape")
         sink._store(ReceivedMessage(envelope_from=envelope.mail_from or "", recipients=list(envelope.rcpt_tos),
-                                    raw=bytes(raw), message_id=_message_id(bytes(raw)), peer=session.peer))
+                                    raw=bytes(raw), message_id=message_id, peer=session.peer))
         if drop:
             server.transport.abort()  # stored, but the client never sees 250: the D4 duplicate window
         return "250 OK: queued by test sink"
@@ -627,7 +628,9 @@ class SmtpSink:
     Faults (all thread-safe, settable while a client is connected):
     - ``fail_next(n, code=451, stage="data")``: the next n DATA (or RCPT) commands get `code`;
     - ``refuse_recipients({addr: 550})``: those recipients are refused at RCPT until cleared;
+    - ``refuse_messages({message_id: 451})``: those messages get `code` at the end of DATA;
     - ``drop_after_data(n)``: store the next n messages but cut the connection before "250";
+    - ``drop_after_messages({message_id})``: the same for those messages;
     - ``stall_next(n, seconds)``: hold the reply to the next n DATA commands;
     - ``stop()`` / ``start()``: the receiver goes down and comes back on the same port.
     ``auth=(user, password)`` offers AUTH PLAIN/LOGIN without TLS, to test wrong passwords.
@@ -651,6 +654,8 @@ class SmtpSink:
         self._fail_code = 451
         self._fail_stage = "data"
         self._refused: dict[str, int] = {}
+        self._refused_messages: dict[str, int] = {}
+        self._dropped_messages: set[str] = set()
         self._drop_remaining = 0
         self._stall_remaining = 0
         self._stall_seconds = 0.0
@@ -747,6 +752,17 @@ class SmtpSink:
         with self._lock:
             self._refused = {address.lower(): code for address, code in refusals.items()}
 
+    def refuse_messages(self, refusals: dict[str, int]) -> None:
+        """Answer these Message-IDs' end of data with the given codes (replaces earlier ones): a
+        fault for one message in the middle of a pipelined batch."""
+        with self._lock:
+            self._refused_messages = dict(refusals)
+
+    def drop_after_messages(self, message_ids: set[str]) -> None:
+        """Keep these Message-IDs' messages but close the connection before their final reply."""
+        with self._lock:
+            self._dropped_messages = set(message_ids)
+
     def drop_after_data(self, n: int = 1) -> None:
         """Keep the next `n` messages but close the connection before the final reply."""
         with self._lock:
@@ -760,7 +776,7 @@ class SmtpSink:
     def clear_faults(self) -> None:
         with self._lock:
             self._fail_remaining = self._drop_remaining = self._stall_remaining = 0
-            self._refused = {}
+            self._refused, self._refused_messages, self._dropped_messages = {}, {}, set()
 
     def __repr__(self) -> str:
         return f"SmtpSink({LOCALHOST}:{self.port}, running={self.running}, messages={len(self._messages)})"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import random
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timedelta, timezone
 from email import message_from_bytes, message_from_string, policy
 from email.utils import parsedate_to_datetime
@@ -22,8 +22,8 @@ from sqlmodel import select
 from maildesk import outbox, store
 from maildesk.config import Settings, load_settings
 from maildesk.models import OutboxItem
-from maildesk.outbox import (DeliveryError, FolderTransport, RecipientResult, build_message, claim_due,
-                             message_bytes, send_due)
+from maildesk.outbox import (Delivery, DeliveryError, Envelope, FolderTransport, RecipientResult, build_message,
+                             claim_due, message_bytes, one_by_one, send_due)
 
 T0 = datetime(2026, 11, 26, 10, 0, tzinfo=timezone.utc)
 SUPPORT, BOUNCES = "support@desk.example", "bounces@desk.example"
@@ -198,6 +198,9 @@ class Recording:
             raise DeliveryError(self.refuse[message_id].detail, permanent=self.refuse[message_id].permanent)
         self.sent.append((envelope_from, recipients, message))
         return {recipient: RecipientResult(True, detail="250 ok") for recipient in recipients}
+
+    def deliver_many(self, envelope_from: str, envelopes: Iterable[Envelope]) -> Iterator[Delivery]:
+        return one_by_one(self.deliver, envelope_from, envelopes)
 
     def close(self) -> None:
         pass
