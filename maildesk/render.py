@@ -17,6 +17,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import FunctionType
 from typing import Any
 from urllib.parse import quote
 
@@ -136,6 +137,19 @@ class _Template(Template):
         return module
 
 
+class _Context(Context):
+    """Jinja's context, with one short cut: the template calls a memoized macro (`_memoized`)
+    directly. Jinja's `call` first asks every callable, by four `hasattr`s, whether it wants the
+    context passed in; ours never does, and a notification makes a few dozen such calls."""
+
+    def call(__self, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805 (Jinja's own signature)
+        if type(__obj) is FunctionType and __obj.__code__ is _MEMOIZED_CODE:
+            kwargs.pop("_block_vars", None)  # what Jinja passes for a context-taking callable; ours take none
+            kwargs.pop("_loop_vars", None)
+            return __obj(*args, **kwargs)
+        return super().call(__obj, *args, **kwargs)
+
+
 def _memoized(macro: Macro) -> Callable[..., Any]:
     """`macro`, remembering its output for arguments that are plain strings or lists of them
     (command lists, keywords, labels). Anything else is rendered each time: a Markup argument
@@ -153,6 +167,9 @@ def _memoized(macro: Macro) -> Callable[..., Any]:
             output = outputs[key] = macro(*args)
         return output
     return call
+
+
+_MEMOIZED_CODE = _memoized(Macro.__new__(Macro)).__code__  # the code every memoized macro's function shares
 
 
 def _memo_key(args: tuple[Any, ...]) -> tuple[Any, ...] | None:
@@ -216,6 +233,7 @@ def _environment(templates_dir: Path, *, autoescape: bool, cache_dir: Path | Non
         lstrip_blocks=True,
     )
     environment.template_class = _Template
+    environment.context_class = _Context
     environment.globals["mailto"] = mailto
     environment.filters["one_line"] = one_line
     environment.filters["lv_keyword"] = latvian_keyword
