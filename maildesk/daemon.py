@@ -23,6 +23,7 @@ from types import FrameType
 import schedule
 from sqlalchemy.engine import Engine, make_url
 
+from maildesk import spool
 from maildesk.config import Settings
 from maildesk.models import utcnow
 from maildesk.outbox import Transport, release_stale_claims, send_due
@@ -195,8 +196,10 @@ class Daemon:
         self.signals.outbox.set()
 
     def _recover(self) -> None:
-        """After a crash: this worker's claims are released and stored mail is processed now."""
+        """After a crash: this worker's claims are released, attachment files of mail it was
+        parsing are removed, and stored mail is processed now."""
         self.pipeline.release_own_claims()
+        spool.sweep(self.settings.attachments_dir)
         release_stale_claims(self.engine, now=self.clock(), worker=self.worker)
         for inbox_id in self.pipeline.pending_ids():
             self.stored.put(inbox_id)

@@ -7,7 +7,6 @@ decisions through `maildesk.tickets`, and queues the replies the sender should g
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -17,19 +16,19 @@ from sqlalchemy import bindparam, func, select
 from sqlmodel import Session
 
 from maildesk import deadlines, rows, store
-from maildesk.base64_pieces import decoded_pieces
 from maildesk.config import Settings
 from maildesk.core.authorize import authorize
-from maildesk.core.classify import Classification
 from maildesk.core.commands import ParsedCommand, ParsedCommands
-from maildesk.core.mail import Base64Body, InboundMail
+from maildesk.core.mail import InboundMail
 from maildesk.core.workflow import (
     Audience, Command, Decision, Rejected, TicketState, decide, possible_commands, with_status,
 )
+from maildesk.examine import Examined
 from maildesk.models import Attachment, ConsumedToken, InboxItem, Message, OutboxItem, Ticket, User
 from maildesk.notify import NEVER_MAIL, Notifier, Recipient, Thread
-from maildesk.verify import Sender
+from maildesk.spool import Spooled, keep
 from maildesk.states import actor_of, state_of
+from maildesk.verify import Sender
 from maildesk.tickets import (
     NewTicketData, add_customer, apply_decision, create_ticket, notices_for_new_ticket, refuse,
 )
@@ -73,13 +72,14 @@ class MailHandler:
     def reopen_window(self) -> timedelta:
         return timedelta(days=self.settings.reopen_days)
 
-    def new_ticket(self, mail: InboundMail, inbox_id: int, user: User, ticket_type: str | None, *,
+    def new_ticket(self, examined: Examined, inbox_id: int, user: User, ticket_type: str | None, *,
                    session: Session, now: datetime) -> Handled:
+        mail = examined.mail
         thread_id = mail.message_id or f"<inbox-{inbox_id}@{self.settings.support_domain}>"
         data = NewTicketData(reporter=user, summary=clean_summary(mail.subject), description=mail.text.strip(),
                              type=ticket_type, channel="email", thread_id=thread_id)
         ticket = create_ticket(data, session=session, settings=self.settings, now=now, actor=user.address)
-        self.save_message(mail, inbox_id, ticket, session=session, now=now, internal=False)
+        self.save_message(examined, inbox_id, ticket, session=session, now=now, internal=False)
         thread = Thread(in_reply_to=thread_id, references=mail.references)
         notices = notices_for_new_ticket()
         limited = (self._count_sent("ticket_created", user.address, HOUR, session=session, now=now)
@@ -94,15 +94,16 @@ class MailHandler:
         return Handled("processed", "new ticket (acknowledgement rate-limited)" if limited else "new ticket",
                        ticket.id, ticket.key)
 
-    def reply(self, mail: InboundMail, parsed: ParsedCommands, inbox_id: int, ticket: Ticket, user: User,
-              sender: Sender, *, session: Session, now: datetime) -> Handled:
-        """`parsed`: the commands in the mail's new text (`parse_commands`, done in the parse helper)."""
+    def reply(self, examined: Examined, inbox_id: int, ticket: Ticket, user: User, *, session: Session,
+              now: datetime) -> Handled:
+        """A mail to an existing ticket: its commands (read from its new text in the parse helper), or a comment."""
+        mail, parsed, sender = examined.mail, examined.commands, examined.sender
         actor = actor_of(user, session=session)
         thread = Thread(in_reply_to=mail.message_id, references=tuple(dict.fromkeys((ticket.thread_id,
                                                                                        *mail.references))))
         state = state_of(ticket, session=session)
         if actor.role.value == "customer" and actor.organisation != state.organisation:
-            self.save_message(mail, inbox_id, ticket, session=session, now=now, internal=True)
+            self.save_message(examined, inbox_id, ticket, session=session, now=now, internal=True)
             rejected = Rejected(parsed.commands[0].request if parsed.commands else None,
                                 state.status, "other_organisation", "the ticket belongs to another organisation")
             refuse(ticket, rejected, session=session, notifier=self.notifier, sender=user, now=now, thread=thread,
@@ -114,8 +115,8 @@ class MailHandler:
                                                      now=now), Decision):
             refusal = self.unauthorised(parsed, ticket, sender, session=session)
             if refusal:
-                return self.unverified(mail, inbox_id, ticket, user, parsed, refusal, session=session, now=now)
-        self.save_message(mail, inbox_id, ticket, session=session, now=now, internal=internal)
+                return self.unverified(examined, inbox_id, ticket, user, refusal, session=session, now=now)
+        self.save_message(examined, inbox_id, ticket, session=session, now=now, internal=internal)
         if not parsed.commands:
             self.comment(ticket, user, parsed.comment, internal, session=session, now=now, thread=thread)
             return Handled("processed", "internal note" if internal else "comment", ticket.id, ticket.key)
@@ -147,11 +148,12 @@ class MailHandler:
         session.add(ConsumedToken(token=sender.token, ticket_id=ticket.id, inbox_id=inbox_id, at=now))
         return False
 
-    def unverified(self, mail: InboundMail, inbox_id: int, ticket: Ticket, user: User, parsed: ParsedCommands,
-                   problem: str, *, session: Session, now: datetime) -> Handled:
+    def unverified(self, examined: Examined, inbox_id: int, ticket: Ticket, user: User, problem: str, *,
+                   session: Session, now: datetime) -> Handled:
         """Nothing changes: an internal note marked unverified, an audit event, and one request
         to confirm, sent to the address on file (never to whoever sent this mail)."""
-        self.save_message(mail, inbox_id, ticket, session=session, now=now, internal=True, unverified=True)
+        parsed = examined.commands
+        self.save_message(examined, inbox_id, ticket, session=session, now=now, internal=True, unverified=True)
         line = parsed.processed[0] if parsed.processed else ""
         store.add_event(session=session, ticket_id=ticket.id, at=now, actor=user.address, command=line,
                         from_status=ticket.status, to_status=ticket.status, outcome="unverified", reason=problem)
@@ -164,13 +166,14 @@ class MailHandler:
                                 extra={"command": line}, token_purpose=purpose)
         return Handled("processed", f"unverified: {problem}", ticket.id, ticket.key)
 
-    def machine_mail(self, mail: InboundMail, inbox_id: int, ticket: Ticket | None, user: User | None,
-                     classification: Classification, *, session: Session, now: datetime) -> Handled:
+    def machine_mail(self, examined: Examined, inbox_id: int, ticket: Ticket | None, user: User | None, *,
+                     session: Session, now: datetime) -> Handled:
         """Auto-replies, bounces and list mail: kept, logged with their class, never answered,
         never a command, never a new ticket, never a reopen or a clock change (RFC 3834)."""
+        classification = examined.classification
         reason = f"{classification.kind}: {classification.reason}"
         if ticket is not None and user is not None:
-            self.save_message(mail, inbox_id, ticket, session=session, now=now, internal=True)
+            self.save_message(examined, inbox_id, ticket, session=session, now=now, internal=True)
             store.add_event(session=session, ticket_id=ticket.id, at=now, actor=user.address,
                             command=classification.kind.upper().replace("_", " "), from_status=ticket.status,
                             to_status=ticket.status, outcome="ignored", reason=reason)
@@ -304,66 +307,26 @@ class MailHandler:
         return _count(MAIL_COUNT, {"sender": address, "since": now - HOUR},
                       session=session) < self.settings.answer_limit_per_hour
 
-    def save_message(self, mail: InboundMail, inbox_id: int, ticket: Ticket, *, session: Session,
+    def save_message(self, examined: Examined, inbox_id: int, ticket: Ticket, *, session: Session,
                      now: datetime, internal: bool, unverified: bool = False) -> int:
         """The mail as a message of the ticket's thread, with its attachments; returns the message id."""
+        mail = examined.mail
         message_id = rows.insert_one(Message, dict(
             ticket_id=ticket.id, direction="in", message_id=mail.message_id[:1000],
             in_reply_to=mail.in_reply_to[:1000], sender=mail.from_address, subject=mail.subject,
             new_text=mail.new_text, full_text=mail.text, internal=internal, unverified=unverified,
             inbox_id=inbox_id, created_at=now), session=session)
-        for attachment in mail.attachments:
-            session.add(self.save_attachment(attachment.filename, attachment.content_type, attachment.content,
-                                             message_id=message_id))
+        for attachment in examined.attachments:
+            session.add(self.save_attachment(attachment, message_id=message_id))
         return message_id
 
-    def save_attachment(self, filename: str, content_type: str, payload: bytes | Base64Body, *,
-                        message_id: int | None) -> Attachment:
-        """Stored under its SHA-256 (a generated name); the sender's file name is data only.
-
-        A `Base64Body` (a big attachment the parser left in the raw mail) is decoded a megabyte
-        at a time into a temporary file while it is hashed: the file is never in memory whole.
-        """
-        assert message_id is not None
-        directory = self.settings.attachments_dir
-        if isinstance(payload, bytes):
-            digest, size = hashlib.sha256(payload).hexdigest(), len(payload)
-            path = directory / digest[:2] / digest
-            if not path.exists():
-                path.parent.mkdir(parents=True, exist_ok=True)
-                temporary = path.with_suffix(".part")
-                temporary.write_bytes(payload)
-                temporary.replace(path)
-        else:
-            directory.mkdir(parents=True, exist_ok=True)
-            temporary = directory / f".incoming-{message_id}-{id(payload)}.part"
-            hasher, size = hashlib.sha256(), 0
-            try:
-                with temporary.open("wb") as file:
-                    try:
-                        for piece in decoded_pieces(payload):
-                            hasher.update(piece)
-                            file.write(piece)
-                            size += len(piece)
-                    except ValueError:  # not plain base64 (stray characters): decoded leniently, at once
-                        data = payload.decode()
-                        file.seek(0)
-                        file.truncate()
-                        file.write(data)
-                        hasher, size = hashlib.sha256(data), len(data)
-                digest = hasher.hexdigest()
-                path = directory / digest[:2] / digest
-                if path.exists():
-                    temporary.unlink()
-                else:
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    temporary.replace(path)
-            except BaseException:
-                temporary.unlink(missing_ok=True)
-                raise
-        stored_name = f"{digest[:2]}/{digest}"
-        return Attachment(message_id=message_id, filename=filename[:300], content_type=content_type[:200],
-                          size=size, sha256=digest, stored_name=stored_name)
+    def save_attachment(self, attachment: Spooled, *, message_id: int) -> Attachment:
+        """The spooled file moved to its content address (a generated name: the sender's file
+        name is data only), and its row."""
+        stored_name = keep(attachment, self.settings.attachments_dir)
+        return Attachment(message_id=message_id, filename=attachment.filename[:300],
+                          content_type=attachment.content_type[:200], size=attachment.size, sha256=attachment.sha256,
+                          stored_name=stored_name)
 
 
 def _count(statement: object, values: dict[str, object], *, session: Session) -> int:

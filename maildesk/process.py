@@ -30,7 +30,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from maildesk import rows, sla, store
+from maildesk import rows, sla, spool, store
 from maildesk.config import Settings
 from maildesk.core.mail import InboundMail
 from maildesk.core.route import NewTicket, Reply, Route, route, subject_key, thread_ids
@@ -230,10 +230,16 @@ class Pipeline:
         # The first mail parsed before the transaction begins: it takes SQLite's write lock, which
         # the outbox sender and the LMTP listener need too, and the helper may still be at work.
         parsed = itertools.chain([next(prepared.parsed)], prepared.parsed)
-        with store.transaction(self.engine) as session:
-            self.reference.prime(session)
-            store.preload_users(prepared.senders, session=session)
-            outcomes = self._process_batch(prepared.unique, parsed, prepared.attempts, session, prepared.started)
+        handled: list[Parsed] = []
+        try:
+            with store.transaction(self.engine) as session:
+                self.reference.prime(session)
+                store.preload_users(prepared.senders, session=session)
+                outcomes = self._process_batch(prepared.unique, _noted(parsed, handled), prepared.attempts, session,
+                                               prepared.started)
+        finally:  # attachments not kept (no ticket, a failure: a retry spools them again)
+            spool.discard(attachment for mail in handled if not isinstance(mail, tuple)
+                          for attachment in mail.attachments)
         for outcome in outcomes.values():
             _log_outcome(outcome)
         return [outcomes.get(inbox_id) for inbox_id in prepared.inbox_ids]
@@ -346,14 +352,13 @@ class Pipeline:
         address = sender.identity.address or mail.from_address
         user = store.find_user(address, session=session) if address else None
         if classification.is_machine:
-            return self.handler.machine_mail(mail, inbox_id, ticket, user, classification, session=session, now=now)
+            return self.handler.machine_mail(examined, inbox_id, ticket, user, session=session, now=now)
         if user is None or not sender.evidence.from_trusted:
             return self.handler.unknown_sender(mail, inbox_id, sender, session=session, now=now)
         if ticket is not None:
-            return self.handler.reply(mail, examined.commands, inbox_id, ticket, user, sender, session=session,
-                                      now=now)
+            return self.handler.reply(examined, inbox_id, ticket, user, session=session, now=now)
         new_type = decision.type if isinstance(decision, NewTicket) else None
-        return self.handler.new_ticket(mail, inbox_id, user, new_type, session=session, now=now)
+        return self.handler.new_ticket(examined, inbox_id, user, new_type, session=session, now=now)
 
     def _route(self, mail: InboundMail, sender: Sender, *, session: Session) -> Route:
         """The core's routing rule, given what only the database knows: which keys exist, and
@@ -450,6 +455,13 @@ def _raw_statement(count: int) -> Any:
     raw = InboxRaw.__table__  # type: ignore[attr-defined]
     return select(raw.c.inbox_id, raw.c.raw).where(
         raw.c.inbox_id.in_(rows.numbered("id", count, raw.c.inbox_id.type)))
+
+
+def _noted(items: Iterator[Parsed], seen: list[Parsed]) -> Iterator[Parsed]:
+    """`items`, each also appended to `seen` as it is taken."""
+    for item in items:
+        seen.append(item)
+        yield item
 
 
 def quick_message_id(raw: bytes) -> str:

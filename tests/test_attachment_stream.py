@@ -1,16 +1,19 @@
 """Big attachments stay in the raw bytes at parse time and are decoded in chunks into the store.
 
 `maildesk.parse` cuts big base64 leaf bodies out before the stdlib builds its tree, and hands
-them over as `core.mail.Base64Body`; `MailHandler.save_attachment` decodes those a megabyte at
-a time into the file. These tests fail if either side breaks: the file on disk must be the
-attachment, its SHA-256 and size recorded, and the mail's text the same as without cutting.
+them over as `core.mail.Base64Body`; `spool` decodes those a megabyte at a time into a file and
+`MailHandler.save_attachment` moves it to its content address. These tests fail if either side
+breaks: the file on disk must be the attachment, its SHA-256 and size recorded, and the mail's
+text the same as without cutting.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
+import time
 from email.message import EmailMessage
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,11 +23,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import maildesk.spool
 from maildesk import parse
 from maildesk.base64_pieces import decoded_pieces
 from maildesk.core.mail import Attachment, Base64Body
 from maildesk.handle import MailHandler
 from maildesk.parse import parse_mail
+from maildesk.spool import STALE_SECONDS, discard, keep, spool, sweep
+from tests.desk import Desk, standard_people
 
 BODY = "Labdien,\n\nžurnāli pielikumā.\n\nAr cieņu,\nAnna\n"
 
@@ -48,8 +54,10 @@ def uncut(raw: bytes, monkeypatch: pytest.MonkeyPatch) -> Any:
 
 
 def save(attachment: Attachment, directory: Path) -> Any:
+    """Spooled (as where the mail is parsed), then kept with its row (as in the mail's transaction)."""
     handler = MailHandler(SimpleNamespace(attachments_dir=directory), notifier=None)  # type: ignore[arg-type]
-    return handler.save_attachment(attachment.filename, attachment.content_type, attachment.content, message_id=7)
+    (spooled,) = spool([attachment], directory)
+    return handler.save_attachment(spooled, message_id=7)
 
 
 def test_a_big_attachment_stays_in_the_raw_bytes_and_the_mail_is_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -176,3 +184,57 @@ def test_base64_as_mail_programs_write_it_never_needs_the_exact_path(length: int
     monkeypatch.setattr(Base64Body, "chunks", lambda *args, **kwargs: pytest.fail("the exact path was taken"))
     pieces = list(decoded_pieces(body, 1000))
     assert len(pieces) == 5 and b"".join(pieces) == data
+
+
+# Spooled where the mail is parsed, kept or discarded where it is stored ---------------------------
+
+
+def files_under(directory: Path) -> list[Path]:
+    return sorted(path for path in directory.rglob("*") if path.is_file())
+
+
+def test_attachments_of_a_ticket_are_kept_and_those_of_held_mail_leave_no_file(tmp_path: Path) -> None:
+    desk = Desk(tmp_path / "desk")
+    standard_people(desk)
+    data = os.urandom(300_000)  # big enough to be cut out of the parse tree and streamed
+    store = tmp_path / "desk" / "var" / "attachments"
+    stranger = mail_with({"held.bin": os.urandom(50_000)}).replace(b"anna@klients.lv", b"nobody@stranger.example")
+    assert "held" in desk.ingest(stranger)
+    assert files_under(store) == []  # spooled while parsed, discarded: the mail got no ticket
+    customer = mail_with({"logs.bin": data}).replace(b"anna@klients.lv", b"anna@acme.example")
+    assert "SD-1" in desk.ingest(customer)
+    digest = hashlib.sha256(data).hexdigest()
+    assert files_under(store) == [store / digest[:2] / digest]  # kept at its content address, no temporary left
+    assert (store / digest[:2] / digest).read_bytes() == data
+    assert json.loads(desk.run("ticket", "show", "SD-1", "--json"))["key"] == "SD-1"
+
+
+def test_spooling_that_fails_midway_leaves_no_temporary_file(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    def disk_full(body: Base64Body) -> Any:
+        yield b"a first megabyte"
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(maildesk.spool, "decoded_pieces", disk_full)
+    text = base64.encodebytes(b"second")
+    with pytest.raises(OSError, match="No space"):
+        spool([Attachment("a.bin", "application/octet-stream", b"first"),
+               Attachment("b.bin", "application/octet-stream", Base64Body(text, 0, len(text)))], tmp_path)
+    assert files_under(tmp_path) == []
+
+
+def test_a_discarded_file_is_gone_and_a_kept_one_is_stored_once(tmp_path: Path) -> None:
+    first, second, other = spool([Attachment("a", "text/plain", b"same"), Attachment("b", "text/plain", b"same"),
+                                  Attachment("c", "text/plain", b"other")], tmp_path)
+    assert keep(first, tmp_path) == keep(second, tmp_path) == first.stored_name
+    assert keep(first, tmp_path) == first.stored_name  # kept again (a batch handled twice): still there
+    discard([first, second, other])
+    assert files_under(tmp_path) == [tmp_path / first.stored_name]
+
+
+def test_the_sweep_removes_only_temporary_files_older_than_an_hour(tmp_path: Path) -> None:
+    old, new = spool([Attachment("a", "text/plain", b"left by a crash"), Attachment("b", "text/plain", b"in use")],
+                     tmp_path)
+    os.utime(old.path, (time.time() - STALE_SECONDS - 60,) * 2)
+    assert sweep(tmp_path) == 1
+    assert files_under(tmp_path) == [Path(new.path)]
+    assert sweep(tmp_path / "nowhere") == 0

@@ -103,10 +103,10 @@ def test_a_message_that_fails_in_processing_is_retried_then_quarantined_without_
     <poison@client.example> (a stand-in for any bug or constraint that breaks one message)."""
     real = MailHandler.new_ticket
 
-    def breaks_on_the_poison(self: MailHandler, mail: Any, *args: Any, **kwargs: Any) -> Any:
-        if mail.message_id == "<poison@client.example>":
+    def breaks_on_the_poison(self: MailHandler, examined: Any, *args: Any, **kwargs: Any) -> Any:
+        if examined.mail.message_id == "<poison@client.example>":
             raise RuntimeError("injected fault")
-        return real(self, mail, *args, **kwargs)
+        return real(self, examined, *args, **kwargs)
 
     monkeypatch.setattr(MailHandler, "new_ticket", breaks_on_the_poison)
     good = [make_mail([ANNA, PETER, BOSS][n % 3], f"Good {n}", f"Body {n}", to="support@desk.example")
