@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import html
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
-from jinja2 import UndefinedError
+from jinja2 import Environment, UndefinedError
 
 from maildesk.core.workflow import TRANSITIONS
 from maildesk.render import (
-    LANGUAGES, LATVIAN_KEYWORDS, PARTS, TEMPLATES, Renderer, default_templates_dir, mailto,
+    LANGUAGES, LATVIAN_KEYWORDS, PARTS, TEMPLATES, Renderer, compile_release, default_templates_dir, mailto,
 )
 
 REFUSAL_CODES = (
@@ -336,3 +337,35 @@ def test_quoted_text_is_indented_and_no_line_ends_in_white_space(renderer: Rende
     text = renderer.render(name, language, context).text
     assert "    Labdien!\n\n    Printeris\n    nedrukā.\n\n    Anna" in text
     assert [line for line in text.splitlines() if line != line.rstrip()] == []
+
+
+# Templates compiled by `make setup` ------------------------------------------------------------
+
+
+@pytest.fixture
+def release(tmp_path: Path) -> Path:
+    """A copy of the release's templates, nothing compiled yet."""
+    copy = tmp_path / "templates"
+    shutil.copytree(default_templates_dir(), copy, ignore=shutil.ignore_patterns(".compiled"))
+    return copy
+
+
+def test_templates_compiled_at_setup_are_used_and_nothing_is_compiled_at_start(
+        release: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    compiled = compile_release(release)
+    assert compiled == len(list(release.rglob("*.j2"))) + 2  # the shared words: once for text, once for HTML
+    monkeypatch.setattr(Environment, "compile", lambda *args, **kwargs: pytest.fail("a template was compiled"))
+    data_cache = tmp_path / "var" / "cache"
+    renderer = Renderer(release, data_cache)
+    assert renderer.load_all() == compiled
+    assert renderer.render("ticket_created", "lv", sample_context("ticket_created")).subject.startswith("[SD-12]")
+    assert [path for path in data_cache.rglob("*") if path.is_file()] == []  # nothing written at run time
+
+
+def test_a_template_changed_after_setup_is_compiled_again(release: Path, tmp_path: Path) -> None:
+    compile_release(release)
+    subject = release / "en" / "ticket_created.subject.j2"
+    subject.write_text(subject.read_text(encoding="utf-8").replace("[", "CHANGED ["), encoding="utf-8")
+    rendered = Renderer(release, tmp_path / "cache").render("ticket_created", "en", sample_context("ticket_created"))
+    assert rendered.subject.startswith("CHANGED [SD-12]")
+    assert [path for path in (tmp_path / "cache").rglob("*") if path.is_file()] != []  # kept for the next process
