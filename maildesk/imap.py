@@ -112,12 +112,18 @@ class ImapPoller:
             uidvalidity, uids = self._scan(client)
             report = PollReport()
             batch = self.settings.imap_batch_size
+            done = 0
+
+            def processed(count: int) -> None:  # after each group's commit: the sender has new work
+                nonlocal done
+                done += count
+                if self.on_progress:
+                    self.on_progress(min(done, len(uids)), len(uids))
+
             for start in range(0, len(uids), batch):
                 if self.stop_event.is_set():
                     break
-                report += self._batch(client, uidvalidity, uids[start:start + batch])
-                if self.on_progress:
-                    self.on_progress(min(start + batch, len(uids)), len(uids))
+                report += self._batch(client, uidvalidity, uids[start:start + batch], processed)
             return report
         except CONNECTION_ERRORS as error:
             self._drop()
@@ -143,10 +149,11 @@ class ImapPoller:
                      self.settings.imap_folder, sum(uid > last_uid for uid in uids), last_uid)
         return uidvalidity, uids
 
-    def _batch(self, client: IMAPClient, uidvalidity: int, uids: list[int]) -> PollReport:
+    def _batch(self, client: IMAPClient, uidvalidity: int, uids: list[int],
+               after_group: Callable[[int], None]) -> PollReport:
         """Store the batch (commit), advance the cursor, process each row, then file the originals."""
         saved = self._save(client, uidvalidity, uids)
-        processed, filing = self._process(saved.entries)
+        processed, filing = self._process(saved.entries, after_group)
         moved = {folder: self._move(client, folder_uids, folder) for folder, folder_uids in filing.items()}
         total_moved = sum(moved.values())
         return PollReport(saved.fetched, saved.stored_new, processed,
@@ -179,13 +186,15 @@ class ImapPoller:
             self._advance_cursor(uidvalidity, max(sizes))
         return _Saved(entries, fetched, stored_new)
 
-    def _process(self, entries: dict[int, int]) -> tuple[int, dict[str, list[int]]]:
+    def _process(self, entries: dict[int, int],
+                 after_group: Callable[[int], None]) -> tuple[int, dict[str, list[int]]]:
         """Run the pipeline on the stored rows; the folder each original belongs in, by its final state.
 
         Rows go to the pipeline in groups (one transaction each, for speed on a backlog), and
         each group is prepared (claimed and handed to the parser) before the one ahead of it is
-        finished, so that parsing and processing overlap. A stop is honoured between groups;
-        what is not filed yet is stored and will be seen again.
+        finished, so that parsing and processing overlap; `after_group(rows)` follows each
+        group's commit. A stop is honoured between groups; what is not filed yet is stored and
+        will be seen again.
         """
         filing: dict[str, list[int]] = {}
         uids = sorted(entries)
@@ -198,16 +207,16 @@ class ImapPoller:
                 group = uids[start:start + PROCESS_GROUP]
                 ahead.append((group, self.pipeline.prepare([entries[uid] for uid in group])))
                 if len(ahead) == 2:
-                    processed += self._finish(*ahead.popleft(), entries, filing)
+                    processed += self._finish(*ahead.popleft(), entries, filing, after_group)
             while ahead:  # claimed already: finished even after a stop
-                processed += self._finish(*ahead.popleft(), entries, filing)
+                processed += self._finish(*ahead.popleft(), entries, filing, after_group)
         finally:
             for _group, prepared in ahead:  # a group failed: the one prepared behind it goes back at once
                 self.pipeline.release(prepared)
         return processed, filing
 
     def _finish(self, group: list[int], prepared: Prepared, entries: dict[int, int],
-                filing: dict[str, list[int]]) -> int:
+                filing: dict[str, list[int]], after_group: Callable[[int], None]) -> int:
         """Process a prepared group and note each UID's folder; how many rows were ours."""
         folders = {"processed": self.settings.imap_processed_folder,
                    "quarantine": self.settings.imap_quarantine_folder}
@@ -218,6 +227,7 @@ class ImapPoller:
             state = outcome.state if outcome is not None else self.pipeline.state_of(entries[uid])[0]
             if state in FILING:
                 filing.setdefault(folders[FILING[state]], []).append(uid)
+        after_group(len(group))
         return processed
 
     def _move(self, client: IMAPClient, uids: list[int], folder: str) -> int:

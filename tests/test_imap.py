@@ -279,6 +279,23 @@ def test_the_next_group_is_parsed_before_the_one_ahead_is_finished_and_its_repli
     assert {row.reason for row in rows[PROCESS_GROUP:]} == {"comment"}
 
 
+def test_progress_is_reported_after_each_group_is_committed_so_the_sender_starts_at_once(
+        desk: Desk, dovecot: Any) -> None:
+    """The daemon wakes the outbox sender on each report: the group's acknowledgements are there
+    to send, not only once the whole IMAP batch is done."""
+    append_originals_and_their_replies(dovecot, PROCESS_GROUP)
+    reports: list[tuple[int, int, int]] = []
+
+    def progress(done: int, total: int) -> None:
+        reports.append((done, total, len(desk.mails_to(AGENT, "ticket_announced"))))
+
+    report = desk.poller(on_progress=progress).poll_once()
+    assert report.processed == 2 * PROCESS_GROUP
+    # after the first group every announcement of it is committed; the replies then add none
+    assert reports == [(PROCESS_GROUP, 2 * PROCESS_GROUP, PROCESS_GROUP),
+                       (2 * PROCESS_GROUP, 2 * PROCESS_GROUP, PROCESS_GROUP)]
+
+
 def test_when_a_group_fails_the_group_prepared_behind_it_goes_back_at_once_with_no_attempt_counted(
         desk: Desk, dovecot: Any) -> None:
     append_originals_and_their_replies(dovecot, PROCESS_GROUP)
