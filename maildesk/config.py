@@ -64,6 +64,7 @@ class Settings:
     smtp_starttls: bool
     smtp_ssl: bool
     smtp_timeout_seconds: int
+    send_process: bool
     bounce_address: str
     outbox_retry_hours: int
     worker_id: str
@@ -228,6 +229,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SMTP_STARTTLS", _boolean, "false"),
     Setting("SMTP_SSL", _boolean, "false"),
     Setting("SMTP_TIMEOUT_SECONDS", _integer(1, 600), "30"),
+    Setting("SEND_PROCESS", _boolean, "true"),
     Setting("BOUNCE_ADDRESS", _optional_address, ""),
     Setting("OUTBOX_RETRY_HOURS", _integer(1, 24 * 30), "48"),
     Setting("WORKER_ID", _text, ""),

@@ -2,9 +2,11 @@
 
 The source is the IMAP poller (when MAILDESK_IMAP_HOST is set) or the LMTP listener. The
 main thread processes what the listener stored, drives `schedule` timers and pings the
-systemd watchdog; a sender thread delivers the outbox as soon as work is queued; with
-SQLite, a thread checkpoints the write-ahead log (`maildesk.wal`). SIGTERM
-or SIGINT lets the message in hand finish, then everything stops cleanly.
+systemd watchdog; a sender thread claims and records the outbox as soon as work is queued,
+its messages built and sent over SMTP in a helper process (`send_worker`); with SQLite, a
+thread checkpoints the write-ahead log (`maildesk.wal`). Two helper processes beside it parse
+mail (`parse_worker`) and send it. SIGTERM or SIGINT lets the message in hand finish, then
+everything stops cleanly.
 """
 
 from __future__ import annotations
@@ -26,11 +28,11 @@ from sqlalchemy.engine import Engine, make_url
 from maildesk import spool
 from maildesk.config import Settings
 from maildesk.models import utcnow
-from maildesk.outbox import Transport, release_stale_claims, send_due
+from maildesk.outbox import Sender, release_stale_claims, send_due
 from maildesk.parse_worker import ProcessParser, parser_for
 from maildesk.process import Pipeline
 from maildesk.sdnotify import Notifier, watchdog_interval
-from maildesk.smtp import transport_for
+from maildesk.send_worker import SendWorker, sender_for
 from maildesk.timers import sweep
 from maildesk.wal import start_checkpointer
 
@@ -54,7 +56,7 @@ class Signals:
 
 
 class Daemon:
-    def __init__(self, settings: Settings, engine: Engine, *, transport: Transport | None = None,
+    def __init__(self, settings: Settings, engine: Engine, *, sender: Sender | None = None,
                  clock: Callable[[], datetime] = utcnow) -> None:
         self.settings = settings
         self.engine = engine
@@ -62,7 +64,7 @@ class Daemon:
         self.worker = settings.worker_id
         self.parser = parser_for(settings.parse_processes)
         self.pipeline = Pipeline(settings, engine, clock=clock, worker=self.worker, parser=self.parser)
-        self.transport = transport or transport_for(settings)
+        self.sender = sender or sender_for(settings)
         self.signals = Signals()
         self.stored: queue.Queue[int] = queue.Queue()
         self.systemd = Notifier()
@@ -93,6 +95,8 @@ class Daemon:
         helper = self.parser if isinstance(self.parser, ProcessParser) and self.settings.imap_configured else None
         if helper is not None:
             helper.start()  # it imports its modules while this process warms up
+        if isinstance(self.sender, SendWorker):
+            self.sender.start()
         checkpointer = start_checkpointer(self.engine, self.signals.stop)  # before any thread holds a connection
         if checkpointer is not None:
             self._threads.append(checkpointer)
@@ -100,6 +104,8 @@ class Daemon:
         self.pipeline.warm_up()
         if helper is not None:
             helper.wait_started()
+        if isinstance(self.sender, SendWorker):
+            self.sender.wait_started()
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_SECONDS))
         self._start_source()
         self._start_thread(self._sender_loop, "outbox-sender")
@@ -129,7 +135,7 @@ class Daemon:
         self.signals.outbox.set()
         for thread in self._threads:
             thread.join(timeout=30)
-        self.transport.close()
+        self.sender.close()
         self.parser.close()
         self.engine.dispose()  # with SQLite the last connection closed checkpoints the log and removes it
         log.info("stopped")
@@ -178,7 +184,7 @@ class Daemon:
             self.signals.outbox.wait(timeout=OUTBOX_RECHECK_SECONDS)
             self.signals.outbox.clear()
             try:
-                while not stopping() and send_due(self.engine, self.settings, self.transport, now=self.clock(),
+                while not stopping() and send_due(self.engine, self.settings, self.sender, now=self.clock(),
                                                   worker=self.worker, stop=stopping).sent:
                     pass
             except Exception:

@@ -20,6 +20,7 @@ from typing import Any
 from sqlmodel import Session
 
 from maildesk import rows, store
+from maildesk.compose import header_safe
 from maildesk.config import Settings
 from maildesk.core.effort import format_effort
 from maildesk.core.tokens import make_token, message_id_with_token, reply_address
@@ -28,8 +29,6 @@ from maildesk.models import Message, OutboxItem, Ticket, User
 from maildesk.render import Renderer
 from maildesk.states import possible_for
 
-UNSAFE_HEADER_CHARACTERS = re.compile("[\r\n\x00\u2028\u2029]+")
-MAX_HEADER_TEXT = 200
 TOKEN_PURPOSES = {"estimate_request": "estimate"}
 NEVER_MAIL = re.compile(r"^(mailer-daemon|postmaster|no-?reply|do-?not-?reply|abuse|root)@", re.IGNORECASE)
 
@@ -48,11 +47,6 @@ class Thread:
 
     in_reply_to: str = ""
     references: tuple[str, ...] = ()
-
-
-def header_safe(text: str, limit: int = MAX_HEADER_TEXT) -> str:
-    """Text from a mail made safe for an outgoing header: one line, no NUL, capped."""
-    return " ".join(UNSAFE_HEADER_CHARACTERS.sub(" ", text).split())[:limit]
 
 
 def new_message_id(settings: Settings, ticket_key: str | None) -> str:

@@ -20,20 +20,17 @@ import itertools
 import logging
 import multiprocessing
 import os
-import signal
-import threading
-import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 from maildesk.examine import Examined, Examiner
+from maildesk.helper_process import start_helper
 from maildesk.parse import ParseError, parse_mail
 
 log = logging.getLogger("maildesk.parse_worker")
 MAX_ATTEMPTS = 3
 CHUNK = 4  # mails per round trip to the helper: fewer trips, yet the first result comes soon
-PARENT_CHECK_SECONDS = 1.0
 
 Parsed = Examined | tuple[str, bool]  # the mail, or (reason, quarantine now?)
 
@@ -46,25 +43,6 @@ def parse_or_reason(raw: bytes, attempts: int, examiner: Examiner) -> Parsed:
         return f"cannot parse: {error}", True
     except Exception as error:  # a parser bug must not stop the loop
         return f"parser error: {type(error).__name__}: {error}", attempts >= MAX_ATTEMPTS
-
-
-def _start_helper(parent: int) -> None:
-    """Runs in each helper first. Ctrl-C in a terminal reaches every process of the group: the
-    daemon finishes its work and closes the helpers itself, so a helper ignores SIGINT (else
-    each printed a KeyboardInterrupt traceback and died under the batch in hand)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _exit_with_parent(parent)
-
-
-def _exit_with_parent(parent: int) -> None:
-    """Leave when the daemon is gone. A helper holds both ends of its task queue, so a daemon
-    killed with SIGKILL would otherwise leave it waiting forever (systemd ends the whole control
-    group, a terminal or a test harness does not)."""
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(PARENT_CHECK_SECONDS)
-        os._exit(0)
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 class InProcessParser:
@@ -139,7 +117,7 @@ class ProcessParser:
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_start_helper, initargs=(os.getpid(),))
+                                             initializer=start_helper, initargs=(os.getpid(),))
         return self._pool
 
     def _discard(self) -> None:

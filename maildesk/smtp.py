@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from maildesk.config import Settings
-from maildesk.outbox import Delivery, DeliveryError, Envelope, RecipientResult, Transport, folder_transport
+from maildesk.delivery import Delivery, DeliveryError, Envelope, RecipientResult, Transport, folder_transport
 
 log = logging.getLogger("maildesk.smtp")
 # A connection idle for longer than this is checked with NOOP before use: servers drop

@@ -31,7 +31,7 @@ import pytest
 from maildesk.handle import MailHandler
 from maildesk.models import Attachment, InboxItem, InboxRaw, OutboxItem, Ticket
 from maildesk.notify import Notifier
-from maildesk.outbox import build_message
+from maildesk.compose import build_message
 from maildesk.process import MAX_ATTEMPTS
 from tests.daemon_harness import DaemonProcess, wait_until
 from tests.desk import Desk, standard_people

@@ -22,8 +22,9 @@ from sqlmodel import select
 from maildesk import outbox, store
 from maildesk.config import Settings, load_settings
 from maildesk.models import OutboxItem
-from maildesk.outbox import (Delivery, DeliveryError, Envelope, FolderTransport, RecipientResult, build_message,
-                             claim_due, message_bytes, one_by_one, send_due)
+from maildesk.compose import build_message, message_bytes
+from maildesk.delivery import Delivery, DeliveryError, Envelope, FolderTransport, RecipientResult, one_by_one
+from maildesk.outbox import claim_due, send_due
 
 T0 = datetime(2026, 11, 26, 10, 0, tzinfo=timezone.utc)
 SUPPORT, BOUNCES = "support@desk.example", "bounces@desk.example"

@@ -14,7 +14,7 @@ import pytest
 
 from maildesk.models import Event, Message, OutboxItem
 from maildesk.notify import NEVER_MAIL
-from maildesk.outbox import build_message
+from maildesk.compose import build_message
 from tests.desk import Desk
 from tests.mailbuilder import make_mail
 from tests.security_desk import BOT, FastDesk, desk, prepared_var  # noqa: F401 (fixtures)

@@ -33,7 +33,8 @@ from sqlmodel import select
 from maildesk import smtp, store
 from maildesk.config import Settings, load_settings
 from maildesk.models import OutboxItem
-from maildesk.outbox import DeliveryError, Envelope, FolderTransport, send_due
+from maildesk.delivery import DeliveryError, Envelope, FolderTransport
+from maildesk.outbox import send_due
 from maildesk.smtp import SmtpTransport, check_connection, transport_for
 from tests.servers import SmtpSink
 

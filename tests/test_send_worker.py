@@ -1,0 +1,119 @@
+"""Sending in a helper process (`send_worker`): the same outcomes as in-process, recorded by the
+caller; a stop ends the batch after the message in hand; a helper that dies loses nothing."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import Engine
+
+from maildesk import outbox, store
+from maildesk.config import Settings
+from maildesk.delivery import LocalSender
+from maildesk.models import OutboxItem
+from maildesk.outbox import release_stale_claims, send_due
+from maildesk.send_worker import SendWorker, sender_for
+from maildesk.smtp import SmtpTransport
+from tests.servers import SmtpSink
+from tests.test_smtp import ANNA, BOSS, T0, make_settings, queue, received_ids, row
+
+
+@pytest.fixture
+def sink() -> Iterator[SmtpSink]:
+    with SmtpSink(pipelining=True) as sink:
+        yield sink
+
+
+@pytest.fixture
+def settings(tmp_path: Path, sink: SmtpSink) -> Settings:
+    return make_settings(tmp_path, sink.port)
+
+
+@pytest.fixture
+def engine(settings: Settings) -> Engine:
+    engine = store.make_engine(settings.database_url)
+    store.upgrade(engine)
+    return engine
+
+
+@pytest.fixture
+def worker(settings: Settings) -> Iterator[SendWorker]:
+    worker = SendWorker(settings)
+    worker.start()
+    worker.wait_started()
+    yield worker
+    worker.close()
+
+
+def helper_pids() -> list[int]:
+    return [child.pid for child in multiprocessing.active_children() if child.pid is not None]
+
+
+def test_the_helper_sends_a_batch_and_the_caller_records_each_outcome(engine: Engine, settings: Settings,
+                                                                       worker: SendWorker, sink: SmtpSink) -> None:
+    sink.refuse_recipients({BOSS: 550})
+    sink.refuse_messages({"<later@desk.example>": 451})
+    ids = [queue(engine, ANNA, subject=f"[SD-{n}] Printer") for n in range(3)]
+    both = queue(engine, ANNA, BOSS, subject="[SD-4] Printer")
+    report = send_due(engine, settings, worker, now=T0)
+    assert (report.sent, report.retried, report.failed) == (4, 0, 0)
+    assert sorted(received_ids(sink)) == sorted([*ids, both])
+    results = json.loads(row(engine, both).recipient_results)
+    assert (results[ANNA]["state"], results[BOSS]["state"]) == ("delivered", "refused")
+    assert {row(engine, message_id).claimed_by for message_id in [*ids, both]} == {None}
+    with store.transaction(engine) as session:  # a message the server defers, over the same helper
+        session.add(OutboxItem(message_id="<later@desk.example>", to_addresses=json.dumps([ANNA]),
+                                      subject="[SD-5] Later", body_text="Later.", created_at=T0, next_attempt_at=T0))
+    assert send_due(engine, settings, worker, now=T0).retried == 1
+    assert row(engine, "<later@desk.example>").status == "pending" and "451" in row(engine, "<later@desk.example>").last_error
+    assert len(helper_pids()) == 1  # one helper, kept: its SMTP connection serves every batch
+
+
+def test_a_stop_lets_the_helper_finish_the_message_in_hand_and_the_rest_goes_back(
+        engine: Engine, settings: Settings, worker: SendWorker, sink: SmtpSink) -> None:
+    ids = [queue(engine, ANNA, subject=f"[SD-{n}] Printer") for n in range(5)]
+    sink.stall_next(1, 1.0)  # the first message takes a second: the stop comes meanwhile
+    stop = threading.Event()
+    threading.Timer(0.3, stop.set).start()
+    report = send_due(engine, settings, worker, now=T0, stop=stop.is_set)
+    statuses = [row(engine, message_id).status for message_id in ids]
+    assert report.sent == statuses.count("sent") and 1 <= report.sent < 5
+    assert statuses == ["sent"] * report.sent + ["pending"] * (5 - report.sent)
+    assert {row(engine, message_id).claimed_by for message_id in ids} == {None}
+    assert {row(engine, message_id).attempts for message_id in ids[report.sent:]} == {0}  # never attempted
+    assert send_due(engine, settings, worker, now=T0).sent == 5 - report.sent  # the helper goes on
+    assert sorted(received_ids(sink)) == sorted(ids)
+
+
+def test_a_helper_that_dies_leaves_its_batch_claimed_and_a_new_one_sends_it_after_the_lease(
+        engine: Engine, settings: Settings, worker: SendWorker, sink: SmtpSink,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    ids = [queue(engine, ANNA, subject=f"[SD-{n}] Printer") for n in range(3)]
+    sink.stall_next(1, 5.0)
+    [pid] = helper_pids()
+    threading.Timer(0.5, os.kill, (pid, signal.SIGKILL)).start()
+    with pytest.raises(Exception):
+        send_due(engine, settings, worker, now=T0)
+    assert {row(engine, message_id).status for message_id in ids} == {"sending"}  # may have been sent
+    later = T0 + outbox.CLAIM_LEASE + timedelta(minutes=1)
+    assert release_stale_claims(engine, now=later) == 3
+    assert send_due(engine, settings, worker, now=later).sent == 3
+    assert helper_pids() != [pid]
+    assert set(received_ids(sink)) == set(ids)
+
+
+def test_the_helper_is_used_for_smtp_unless_switched_off_and_never_for_the_sent_folder(
+        tmp_path: Path, sink: SmtpSink) -> None:
+    assert isinstance(sender_for(make_settings(tmp_path, sink.port)), SendWorker)
+    local = sender_for(make_settings(tmp_path, sink.port, send_process="false"))
+    assert isinstance(local, LocalSender) and isinstance(local.transport, SmtpTransport)
+    folder = sender_for(make_settings(tmp_path, sink.port, smtp_host=""))
+    assert isinstance(folder, LocalSender) and not isinstance(folder.transport, SmtpTransport)
