@@ -20,6 +20,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, fields
 
 from imapclient import DELETED, IMAPClient, SocketTimeout
@@ -77,6 +78,17 @@ class PollReport:
 
 
 @dataclass(frozen=True)
+class _Fetched:
+    """A batch as the server gave it: each UID's size, the Message-ID of each oversize mail
+    (never fetched), the bodies of the first chunk of the rest, and the chunks still to fetch."""
+
+    sizes: dict[int, int]
+    oversize: dict[int, str]
+    first_chunk: dict[int, bytes]
+    later_chunks: list[list[int]]
+
+
+@dataclass(frozen=True)
 class _Saved:
     entries: dict[int, int]  # UID -> inbox id
     fetched: int
@@ -106,12 +118,18 @@ class ImapPoller:
     # ---- one poll -------------------------------------------------------------------------
 
     def poll_once(self) -> PollReport:
-        """Connect if needed and handle everything in the folder now, batch by batch."""
+        """Connect if needed and handle everything in the folder now, batch by batch.
+
+        While the pipeline works on one batch, a thread of our own ("imap-io") fetches the next
+        one and files the one before: the server's time overlaps ours. It alone talks to the
+        server meanwhile (imaplib is not thread-safe), in the order the commands are given, so a
+        batch is still filed only after its commit.
+        """
         try:
             client = self._connection()
             uidvalidity, uids = self._scan(client)
-            report = PollReport()
             batch = self.settings.imap_batch_size
+            batches = [uids[start:start + batch] for start in range(0, len(uids), batch)]
             done = 0
 
             def processed(count: int) -> None:  # after each group's commit: the sender has new work
@@ -120,11 +138,11 @@ class ImapPoller:
                 if self.on_progress:
                     self.on_progress(min(done, len(uids)), len(uids))
 
-            for start in range(0, len(uids), batch):
-                if self.stop_event.is_set():
-                    break
-                report += self._batch(client, uidvalidity, uids[start:start + batch], processed)
-            return report
+            io = ThreadPoolExecutor(1, thread_name_prefix="imap-io")
+            try:
+                return self._batches(io, client, uidvalidity, batches, processed)
+            finally:
+                io.shutdown(wait=True, cancel_futures=True)  # what is under way ends before a reconnect
         except CONNECTION_ERRORS as error:
             self._drop()
             raise ImapError(f"IMAP {self.endpoint}: {describe(error, self.settings)}") from error
@@ -149,42 +167,72 @@ class ImapPoller:
                      self.settings.imap_folder, sum(uid > last_uid for uid in uids), last_uid)
         return uidvalidity, uids
 
-    def _batch(self, client: IMAPClient, uidvalidity: int, uids: list[int],
-               after_group: Callable[[int], None]) -> PollReport:
-        """Store the batch (commit), advance the cursor, process each row, then file the originals."""
-        saved = self._save(client, uidvalidity, uids)
-        processed, filing = self._process(saved.entries, after_group)
-        moved = {folder: self._move(client, folder_uids, folder) for folder, folder_uids in filing.items()}
-        total_moved = sum(moved.values())
-        return PollReport(saved.fetched, saved.stored_new, processed,
-                          moved.get(self.settings.imap_quarantine_folder, 0), total_moved,
-                          left=len(saved.entries) - total_moved)
+    def _batches(self, io: ThreadPoolExecutor, client: IMAPClient, uidvalidity: int, batches: list[list[int]],
+                 after_group: Callable[[int], None]) -> PollReport:
+        """Each batch stored (commit), the cursor advanced, each row processed, then the originals
+        filed; the next batch is fetched meanwhile."""
+        filed: list[tuple[_Saved, int, dict[str, Future[int]]]] = []
+        fetching = io.submit(self._fetch, client, batches[0], self._known_of(uidvalidity, batches[0])) \
+            if batches else None
+        for index, uids in enumerate(batches):
+            if self.stop_event.is_set() or fetching is None:
+                break
+            fetched = fetching.result()
+            fetching = (io.submit(self._fetch, client, batches[index + 1],
+                                  self._known_of(uidvalidity, batches[index + 1]))
+                        if index + 1 < len(batches) else None)
+            saved = self._save(io, client, uidvalidity, fetched)
+            processed, filing = self._process(saved.entries, after_group)
+            filed.append((saved, processed, {folder: io.submit(self._move, client, folder_uids, folder)
+                                             for folder, folder_uids in filing.items()}))
+        report = PollReport()
+        for saved, processed, moving in filed:
+            moved = {folder: future.result() for folder, future in moving.items()}
+            total_moved = sum(moved.values())
+            report += PollReport(saved.fetched, saved.stored_new, processed,
+                                 moved.get(self.settings.imap_quarantine_folder, 0), total_moved,
+                                 left=len(saved.entries) - total_moved)
+        return report
 
-    def _save(self, client: IMAPClient, uidvalidity: int, uids: list[int]) -> _Saved:
-        """Every UID of the batch as a committed inbox row; only then the cursor moves on.
+    def _known_of(self, uidvalidity: int, uids: list[int]) -> frozenset[int]:
+        """The UIDs of `uids` stored already: their bodies need not be fetched again."""
+        return frozenset(uid for uid in uids if (uidvalidity, uid) in self._known)
 
-        Sizes come first so that oversize mail is never downloaded; bodies are fetched with
-        BODY.PEEK[] (no \\Seen flag) in chunks of bounded size.
-        """
+    def _fetch(self, client: IMAPClient, uids: list[int], known: frozenset[int]) -> _Fetched:
+        """In the I/O thread: sizes first, so that oversize mail is never downloaded (its
+        Message-ID from the ENVELOPE instead), then the bodies of the first chunk of the rest
+        (BODY.PEEK[]: no \\Seen flag)."""
         sizes = {uid: int(data[b"RFC822.SIZE"]) for uid, data in client.fetch(uids, ["RFC822.SIZE"]).items()
                  if b"RFC822.SIZE" in data}  # a UID missing here was expunged by someone else meanwhile
-        entries = {uid: self._known[(uidvalidity, uid)] for uid in sizes if (uidvalidity, uid) in self._known}
         limit = self.settings.max_message_bytes
-        for uid in [uid for uid, size in sizes.items() if size > limit and uid not in entries]:
-            entries[uid] = record_oversize(self.pipeline.engine, uidvalidity=uidvalidity, uid=uid, size=sizes[uid],
-                                           limit=limit, message_id=envelope_message_id(client, uid))
-        fetched = stored_new = 0
-        for chunk in chunks_by_size([uid for uid in sizes if uid not in entries], sizes, FETCH_CHUNK_BYTES):
-            raws = {uid: data[b"BODY[]"] for uid, data in client.fetch(chunk, ["BODY.PEEK[]"]).items()
-                    if data.get(b"BODY[]") is not None}
-            got = [uid for uid in chunk if uid in raws]
-            stored = self.pipeline.store_many([raws[uid] for uid in got], SOURCE)
-            fetched, stored_new = fetched + len(got), stored_new + sum(item.new for item in stored)
-            entries.update(zip(got, (item.inbox_id for item in stored)))
+        oversize = {uid: envelope_message_id(client, uid) for uid, size in sizes.items()
+                    if size > limit and uid not in known}
+        chunks = list(chunks_by_size([uid for uid in sizes if uid not in known and uid not in oversize], sizes,
+                                     FETCH_CHUNK_BYTES))
+        return _Fetched(sizes, oversize, fetch_bodies(client, chunks[0]) if chunks else {}, chunks[1:])
+
+    def _save(self, io: ThreadPoolExecutor, client: IMAPClient, uidvalidity: int, fetched: _Fetched) -> _Saved:
+        """Every UID of the batch as a committed inbox row; only then the cursor moves on. Chunks
+        of bodies after the first are fetched while the one before is stored."""
+        entries = {uid: self._known[(uidvalidity, uid)] for uid in fetched.sizes if (uidvalidity, uid) in self._known}
+        limit = self.settings.max_message_bytes
+        for uid, message_id in fetched.oversize.items():
+            entries[uid] = record_oversize(self.pipeline.engine, uidvalidity=uidvalidity, uid=uid,
+                                           size=fetched.sizes[uid], limit=limit, message_id=message_id)
+        count = stored_new = 0
+        bodies: dict[int, bytes] = fetched.first_chunk
+        for later in [*fetched.later_chunks, None]:
+            upcoming = io.submit(fetch_bodies, client, later) if later else None
+            if bodies:  # none when every mail of the batch was known or oversize
+                got = list(bodies)
+                stored = self.pipeline.store_many([bodies[uid] for uid in got], SOURCE)
+                count, stored_new = count + len(got), stored_new + sum(item.new for item in stored)
+                entries.update(zip(got, (item.inbox_id for item in stored)))
+            bodies = upcoming.result() if upcoming else {}
         self._known.update({(uidvalidity, uid): inbox_id for uid, inbox_id in entries.items()})
-        if sizes:
-            self._advance_cursor(uidvalidity, max(sizes))
-        return _Saved(entries, fetched, stored_new)
+        if fetched.sizes:
+            self._advance_cursor(uidvalidity, max(fetched.sizes))
+        return _Saved(entries, count, stored_new)
 
     def _process(self, entries: dict[int, int],
                  after_group: Callable[[int], None]) -> tuple[int, dict[str, list[int]]]:
@@ -511,6 +559,13 @@ def envelope_message_id(client: IMAPClient, uid: int) -> str:
         return ""
     value = getattr(envelope, "message_id", None)
     return value.decode("ascii", "replace") if isinstance(value, bytes) else ""
+
+
+def fetch_bodies(client: IMAPClient, uids: list[int]) -> dict[int, bytes]:
+    """The raw bytes of these messages, in the order asked (BODY.PEEK[]: no \\Seen flag); a UID
+    expunged meanwhile is missing."""
+    found = client.fetch(uids, ["BODY.PEEK[]"])
+    return {uid: found[uid][b"BODY[]"] for uid in uids if uid in found and found[uid].get(b"BODY[]") is not None}
 
 
 def chunks_by_size(uids: list[int], sizes: dict[int, int], budget: int) -> Iterator[list[int]]:

@@ -47,6 +47,8 @@ class DaemonProcess:
                               capture_output=True, text=True, timeout=120)
 
     def start(self) -> None:
+        """Spawn the daemon and wait for this run's READY=1 (not one an earlier run sent)."""
+        self.messages.clear()
         env = {**self.env, "NOTIFY_SOCKET": str(self.notify_path)}
         with self.log.open("ab") as log:
             self.process = subprocess.Popen([sys.executable, "-m", "maildesk", "run"], env=env, cwd=self.workdir,

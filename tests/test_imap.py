@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from maildesk import store
+from maildesk import imap, store
 from maildesk.config import Settings, load_settings
 from maildesk.directory import add_organisation, add_user
 from maildesk.imap import (PROCESS_GROUP, ImapPoller, PollReport, check_connection, chunks_by_size, open_client,
@@ -277,6 +277,49 @@ def test_the_next_group_is_parsed_before_the_one_ahead_is_finished_and_its_repli
     rows = desk.inbox()
     assert [row.ticket_id for row in rows[PROCESS_GROUP:]] == [tickets[f"Request {n}"] for n in range(PROCESS_GROUP)]
     assert {row.reason for row in rows[PROCESS_GROUP:]} == {"comment"}
+
+
+def test_the_next_batch_is_fetched_while_one_is_processed_and_each_is_filed_only_after_its_commit(
+        tmp_path: Path, dovecot: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    dovecot.reset()
+    desk = Desk(tmp_path, dovecot, imap_batch_size=str(PROCESS_GROUP))
+    for n in range(2 * PROCESS_GROUP):
+        dovecot.append("INBOX", customer_mail(f"Request {n}"))
+    events: list[str] = []
+    second_fetched = threading.Event()
+    fetch_bodies, move, finish = imap.fetch_bodies, ImapPoller._move, desk.pipeline.finish
+
+    def fetching(client: Any, uids: list[int]) -> dict[int, bytes]:
+        bodies = fetch_bodies(client, uids)
+        events.append("fetch")
+        if events.count("fetch") == 2:
+            second_fetched.set()
+        return bodies
+
+    def moving(poller: ImapPoller, client: Any, uids: list[int], folder: str) -> int:
+        events.append("move")
+        return move(poller, client, uids, folder)
+
+    def finishing(prepared: Prepared) -> list[Any]:
+        if "committed" not in events:  # the first batch waits (a while at most) to see the second fetched
+            events.append("second fetched meanwhile" if second_fetched.wait(10) else "not fetched meanwhile")
+        outcomes = finish(prepared)
+        events.append("committed")
+        return outcomes
+
+    monkeypatch.setattr(imap, "fetch_bodies", fetching)
+    monkeypatch.setattr(ImapPoller, "_move", moving)
+    desk.pipeline.finish = finishing  # type: ignore[method-assign]
+    try:
+        report = desk.poller().poll_once()
+    finally:
+        desk.close()
+    assert (report.processed, report.moved) == (2 * PROCESS_GROUP, 2 * PROCESS_GROUP)
+    # the next batch came in while the first was processed; each (one group) is filed after its commit
+    assert events[:4] == ["fetch", "fetch", "second fetched meanwhile", "committed"]
+    committed = [index for index, event in enumerate(events) if event == "committed"]
+    moved = [index for index, event in enumerate(events) if event == "move"]
+    assert len(committed) == len(moved) == 2 and all(move > commit for commit, move in zip(committed, moved))
 
 
 def test_progress_is_reported_after_each_group_is_committed_so_the_sender_starts_at_once(
