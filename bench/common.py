@@ -273,10 +273,23 @@ def machine() -> dict[str, str]:
             "sqlite": sqlite3.sqlite_version, "kernel": platform.release()}
 
 
+def calibration_ms() -> float:
+    """Milliseconds a fixed pure-Python loop takes here now (best of 5): this VM's speed moves by up to
+    half within an hour, so a figure is read beside it, and two trees are compared run by run."""
+    best = math.inf
+    for _ in range(5):
+        started = time.perf_counter()
+        total = 0
+        for number in range(200_000):
+            total += number * number % 7
+        best = min(best, time.perf_counter() - started)
+    return 1000 * best
+
+
 def print_header(title: str) -> None:
     print(f"== {title}")
     print("machine: " + ", ".join(f"{key} {value}" for key, value in machine().items()))
-    print(f"load average at start: {load_average()}")
+    print(f"load average at start: {load_average()}; calibration loop {calibration_ms():.1f} ms (lower is faster)")
 
 
 def print_rows(rows: Sequence[tuple[str, str, str, str]]) -> None:

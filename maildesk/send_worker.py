@@ -32,6 +32,9 @@ from maildesk.smtp import SmtpTransport, transport_for
 
 log = logging.getLogger("maildesk.send_worker")
 STOP_CHECK_SECONDS = 0.1  # how soon a stop of the daemon reaches a helper in the middle of a batch
+# Rows a helper task sends before their outcomes come back to be recorded: a crash between sending
+# and recording sends them again, so the window stays short even when the daemon claims many.
+SEND_CHUNK = 50
 
 
 class _Helper:
@@ -78,32 +81,44 @@ class SendWorker:
             started.result()
 
     def attempt(self, rows: list[ClaimedRow], *, now: datetime, stop: Callable[[], bool] | None) -> Attempts:
-        """Hand the batch to the helper; its outcomes once it is done. All rows count as taken
-        until the helper says how far it got, so a helper that dies leaves them claimed."""
+        """Hand the batch to the helper in chunks of SEND_CHUNK, each queued at once (the helper
+        sends them back to back over its connection); each chunk's outcomes as soon as it is done.
+        Rows count as taken until the helper says how far it got, so a helper that dies leaves
+        them claimed."""
         self._stop.clear()
+        chunks = [rows[start:start + SEND_CHUNK] for start in range(0, len(rows), SEND_CHUNK)]
         try:
-            future = self._executor().submit(_attempt_batch, rows, now)
+            futures = [self._executor().submit(_attempt_batch, chunk, now) for chunk in chunks]
         except BrokenProcessPool:  # the helper died after the last batch: a new one takes this one
             self._discard()
-            future = self._executor().submit(_attempt_batch, rows, now)
+            futures = [self._executor().submit(_attempt_batch, chunk, now) for chunk in chunks]
         attempts = Attempts(iter(()), taken=len(rows))
-        attempts.outcomes = self._outcomes(future, attempts, stop)
+        attempts.outcomes = self._outcomes(chunks, futures, attempts, stop)
         return attempts
 
-    def _outcomes(self, future: Future[tuple[list[RowOutcome], int]], attempts: Attempts,
-                  stop: Callable[[], bool] | None) -> Iterator[RowOutcome]:
+    def _outcomes(self, chunks: list[list[ClaimedRow]], futures: list[Future[tuple[list[RowOutcome], int]]],
+                  attempts: Attempts, stop: Callable[[], bool] | None) -> Iterator[RowOutcome]:
+        before = 0  # rows of the chunks done
+        for chunk, future in zip(chunks, futures):
+            outcomes, taken = self._result(future, stop)
+            yield from outcomes
+            if taken < len(chunk):  # a stop: the rest of the batch was never handed over
+                attempts.taken = before + taken
+                return
+            before += len(chunk)
+
+    def _result(self, future: Future[tuple[list[RowOutcome], int]],
+                stop: Callable[[], bool] | None) -> tuple[list[RowOutcome], int]:
         while True:
             try:
-                outcomes, attempts.taken = future.result(timeout=STOP_CHECK_SECONDS)
-                break
+                return future.result(timeout=STOP_CHECK_SECONDS)
             except TimeoutError:
                 if stop is not None and stop():
                     self._stop.set()  # the helper finishes the message in hand and takes no more
             except BrokenProcessPool:
-                log.error("the send helper died; its batch of %d row(s) waits for the claim's lease", attempts.taken)
+                log.error("the send helper died; the rows it had wait for the claim's lease")
                 self._discard()
                 raise
-        yield from outcomes
 
     def close(self) -> None:
         """QUIT the SMTP connection and end the helper."""

@@ -15,13 +15,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import Engine
 
-from maildesk import outbox, store
+from maildesk import outbox, send_worker, store
 from maildesk.config import Settings
 from maildesk.delivery import LocalSender
 from maildesk.models import OutboxItem
 from maildesk.outbox import release_stale_claims, send_due
 from maildesk.send_worker import SendWorker, sender_for
 from maildesk.smtp import SmtpTransport
+from tests.daemon_harness import wait_until
 from tests.servers import SmtpSink
 from tests.test_smtp import ANNA, BOSS, T0, make_settings, queue, received_ids, row
 
@@ -117,3 +118,25 @@ def test_the_helper_is_used_for_smtp_unless_switched_off_and_never_for_the_sent_
     assert isinstance(local, LocalSender) and isinstance(local.transport, SmtpTransport)
     folder = sender_for(make_settings(tmp_path, sink.port, smtp_host=""))
     assert isinstance(folder, LocalSender) and not isinstance(folder.transport, SmtpTransport)
+
+
+def test_a_batch_goes_in_chunks_and_a_stop_in_a_later_chunk_leaves_the_rest_untouched(
+        engine: Engine, settings: Settings, worker: SendWorker, sink: SmtpSink, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(send_worker, "SEND_CHUNK", 2)
+    monkeypatch.setattr(outbox, "RECORD_EVERY_SECONDS", 0.0)
+    ids = [queue(engine, ANNA, subject=f"[SD-{n}] Printer") for n in range(7)]
+    stop = threading.Event()
+    seen: list[list[str]] = []
+
+    def stop_once_the_first_chunk_is_recorded() -> None:
+        wait_until(lambda: row(engine, ids[1]).status == "sent", 10, interval=0.01, what="the first chunk recorded")
+        seen.append([row(engine, message_id).status for message_id in ids])
+        stop.set()
+    sink.stall_next(7, 0.2)  # each message takes a while at the sink
+    threading.Thread(target=stop_once_the_first_chunk_is_recorded, daemon=True).start()
+    report = send_due(engine, settings, worker, now=T0, stop=stop.is_set)
+    statuses = [row(engine, message_id).status for message_id in ids]
+    assert seen and seen[0][:2] == ["sent", "sent"] and "sending" in seen[0]  # recorded while the rest went on
+    assert 3 <= report.sent < 7 and statuses == ["sent"] * report.sent + ["pending"] * (7 - report.sent)
+    assert {row(engine, message_id).attempts for message_id in ids[report.sent:]} == {0}  # never handed over
+    assert {row(engine, message_id).claimed_by for message_id in ids} == {None}
