@@ -24,25 +24,15 @@ from maildesk.send_worker import SendWorker, sender_for
 from maildesk.smtp import SmtpTransport
 from tests.daemon_harness import wait_until
 from tests.servers import SmtpSink
-from tests.test_smtp import ANNA, BOSS, T0, make_settings, queue, received_ids, row
+from tests.test_smtp import ANNA, BOSS, T0, engine, make_settings, queue, received_ids, row, settings  # noqa: F401
 
 
 @pytest.fixture
-def sink() -> Iterator[SmtpSink]:
+def smtp_sink() -> Iterator[SmtpSink]:
+    """A real receiver offering PIPELINING, as the benchmarks' and a production relay do (the
+    `settings` and `engine` fixtures of test_smtp use it)."""
     with SmtpSink(pipelining=True) as sink:
         yield sink
-
-
-@pytest.fixture
-def settings(tmp_path: Path, sink: SmtpSink) -> Settings:
-    return make_settings(tmp_path, sink.port)
-
-
-@pytest.fixture
-def engine(settings: Settings) -> Engine:
-    engine = store.make_engine(settings.database_url)
-    store.upgrade(engine)
-    return engine
 
 
 @pytest.fixture
@@ -59,14 +49,14 @@ def helper_pids() -> list[int]:
 
 
 def test_the_helper_sends_a_batch_and_the_caller_records_each_outcome(engine: Engine, settings: Settings,
-                                                                       worker: SendWorker, sink: SmtpSink) -> None:
-    sink.refuse_recipients({BOSS: 550})
-    sink.refuse_messages({"<later@desk.example>": 451})
+                                                                       worker: SendWorker, smtp_sink: SmtpSink) -> None:
+    smtp_sink.refuse_recipients({BOSS: 550})
+    smtp_sink.refuse_messages({"<later@desk.example>": 451})
     ids = [queue(engine, ANNA, subject=f"[SD-{n}] Printer") for n in range(3)]
     both = queue(engine, ANNA, BOSS, subject="[SD-4] Printer")
     report = send_due(engine, settings, worker, now=T0)
     assert (report.sent, report.retried, report.failed) == (4, 0, 0)
-    assert sorted(received_ids(sink)) == sorted([*ids, both])
+    assert sorted(received_ids(smtp_sink)) == sorted([*ids, both])
     results = json.loads(row(engine, both).recipient_results)
     assert (results[ANNA]["state"], results[BOSS]["state"]) == ("delivered", "refused")
     assert {row(engine, message_id).claimed_by for message_id in [*ids, both]} == {None}
@@ -79,9 +69,9 @@ def test_the_helper_sends_a_batch_and_the_caller_records_each_outcome(engine: En
 
 
 def test_a_stop_lets_the_helper_finish_the_message_in_hand_and_the_rest_goes_back(
-        engine: Engine, settings: Settings, worker: SendWorker, sink: SmtpSink) -> None:
+        engine: Engine, settings: Settings, worker: SendWorker, smtp_sink: SmtpSink) -> None:
     ids = [queue(engine, ANNA, subject=f"[SD-{n}] Printer") for n in range(5)]
-    sink.stall_next(1, 1.0)  # the first message takes a second: the stop comes meanwhile
+    smtp_sink.stall_next(1, 1.0)  # the first message takes a second: the stop comes meanwhile
     stop = threading.Event()
     threading.Timer(0.3, stop.set).start()
     report = send_due(engine, settings, worker, now=T0, stop=stop.is_set)
@@ -91,14 +81,14 @@ def test_a_stop_lets_the_helper_finish_the_message_in_hand_and_the_rest_goes_bac
     assert {row(engine, message_id).claimed_by for message_id in ids} == {None}
     assert {row(engine, message_id).attempts for message_id in ids[report.sent:]} == {0}  # never attempted
     assert send_due(engine, settings, worker, now=T0).sent == 5 - report.sent  # the helper goes on
-    assert sorted(received_ids(sink)) == sorted(ids)
+    assert sorted(received_ids(smtp_sink)) == sorted(ids)
 
 
 def test_a_helper_that_dies_leaves_its_batch_claimed_and_a_new_one_sends_it_after_the_lease(
-        engine: Engine, settings: Settings, worker: SendWorker, sink: SmtpSink,
+        engine: Engine, settings: Settings, worker: SendWorker, smtp_sink: SmtpSink,
         monkeypatch: pytest.MonkeyPatch) -> None:
     ids = [queue(engine, ANNA, subject=f"[SD-{n}] Printer") for n in range(3)]
-    sink.stall_next(1, 5.0)
+    smtp_sink.stall_next(1, 5.0)
     [pid] = helper_pids()
     threading.Timer(0.5, os.kill, (pid, signal.SIGKILL)).start()
     with pytest.raises(Exception):
@@ -108,20 +98,20 @@ def test_a_helper_that_dies_leaves_its_batch_claimed_and_a_new_one_sends_it_afte
     assert release_stale_claims(engine, now=later) == 3
     assert send_due(engine, settings, worker, now=later).sent == 3
     assert helper_pids() != [pid]
-    assert set(received_ids(sink)) == set(ids)
+    assert set(received_ids(smtp_sink)) == set(ids)
 
 
 def test_the_helper_is_used_for_smtp_unless_switched_off_and_never_for_the_sent_folder(
-        tmp_path: Path, sink: SmtpSink) -> None:
-    assert isinstance(sender_for(make_settings(tmp_path, sink.port)), SendWorker)
-    local = sender_for(make_settings(tmp_path, sink.port, send_process="false"))
+        tmp_path: Path, smtp_sink: SmtpSink) -> None:
+    assert isinstance(sender_for(make_settings(tmp_path, smtp_sink.port)), SendWorker)
+    local = sender_for(make_settings(tmp_path, smtp_sink.port, send_process="false"))
     assert isinstance(local, LocalSender) and isinstance(local.transport, SmtpTransport)
-    folder = sender_for(make_settings(tmp_path, sink.port, smtp_host=""))
+    folder = sender_for(make_settings(tmp_path, smtp_sink.port, smtp_host=""))
     assert isinstance(folder, LocalSender) and not isinstance(folder.transport, SmtpTransport)
 
 
 def test_a_batch_goes_in_chunks_and_a_stop_in_a_later_chunk_leaves_the_rest_untouched(
-        engine: Engine, settings: Settings, worker: SendWorker, sink: SmtpSink, monkeypatch: pytest.MonkeyPatch) -> None:
+        engine: Engine, settings: Settings, worker: SendWorker, smtp_sink: SmtpSink, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(send_worker, "SEND_CHUNK", 2)
     monkeypatch.setattr(outbox, "RECORD_EVERY_SECONDS", 0.0)
     ids = [queue(engine, ANNA, subject=f"[SD-{n}] Printer") for n in range(7)]
@@ -132,7 +122,7 @@ def test_a_batch_goes_in_chunks_and_a_stop_in_a_later_chunk_leaves_the_rest_unto
         wait_until(lambda: row(engine, ids[1]).status == "sent", 10, interval=0.01, what="the first chunk recorded")
         seen.append([row(engine, message_id).status for message_id in ids])
         stop.set()
-    sink.stall_next(7, 0.2)  # each message takes a while at the sink
+    smtp_sink.stall_next(7, 0.2)  # each message takes a while at the sink
     threading.Thread(target=stop_once_the_first_chunk_is_recorded, daemon=True).start()
     report = send_due(engine, settings, worker, now=T0, stop=stop.is_set)
     statuses = [row(engine, message_id).status for message_id in ids]

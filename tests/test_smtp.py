@@ -296,20 +296,19 @@ def test_a_row_still_refused_temporarily_at_the_retry_deadline_fails(
     assert smtp_sink.messages == []
 
 
-class ScriptedServer:
-    """One SMTP session by hand on a raw socket, to see what the client puts on the wire: it
-    offers PIPELINING and reads up to DATA before it answers MAIL, so a client that waited for
-    each reply would stall here (and time out) instead."""
+class RawSession:
+    """One SMTP session by hand on a raw socket, to see what the client puts on the wire; the
+    server offers PIPELINING. `converse` holds the part after EHLO; QUIT ends it."""
 
-    def __init__(self, rcpt_codes: list[int]) -> None:
+    def __init__(self) -> None:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
-        self.rcpt_codes = rcpt_codes
-        self.before_first_reply = b""
-        self.message = b""
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
+
+    def converse(self, connection: socket.socket, reader: Any) -> None:
+        raise NotImplementedError
 
     def _serve(self) -> None:
         try:
@@ -320,16 +319,7 @@ class ScriptedServer:
                 connection.sendall(b"220 scripted.test ESMTP\r\n")
                 reader.readline()  # EHLO
                 connection.sendall(b"250-scripted.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
-                lines = [reader.readline() for _ in range(2 + len(self.rcpt_codes))]
-                self.before_first_reply = b"".join(lines)
-                replies = [b"250 sender ok", *(b"%d recipient" % code for code in self.rcpt_codes)]
-                accepted = any(code == 250 for code in self.rcpt_codes)
-                replies.append(b"354 go ahead" if accepted else b"554 no valid recipients")
-                connection.sendall(b"".join(reply + b"\r\n" for reply in replies))
-                if accepted:
-                    while (line := reader.readline()) != b".\r\n":
-                        self.message += line
-                    connection.sendall(b"250 queued\r\n")
+                self.converse(connection, reader)
                 while (line := reader.readline()) and not line.upper().startswith(b"QUIT"):
                     connection.sendall(b"250 ok\r\n")  # RSET after a refusal
                 connection.sendall(b"221 bye\r\n")
@@ -341,6 +331,29 @@ class ScriptedServer:
     def finish(self) -> None:
         self.thread.join(timeout=10)
         assert self.error is None, f"the scripted server failed: {self.error!r}"
+
+
+class ScriptedServer(RawSession):
+    """Reads up to DATA before it answers MAIL, so a client that waited for each reply would
+    stall here (and time out) instead."""
+
+    def __init__(self, rcpt_codes: list[int]) -> None:
+        self.rcpt_codes = rcpt_codes
+        self.before_first_reply = b""
+        self.message = b""
+        super().__init__()
+
+    def converse(self, connection: socket.socket, reader: Any) -> None:
+        lines = [reader.readline() for _ in range(2 + len(self.rcpt_codes))]
+        self.before_first_reply = b"".join(lines)
+        replies = [b"250 sender ok", *(b"%d recipient" % code for code in self.rcpt_codes)]
+        accepted = any(code == 250 for code in self.rcpt_codes)
+        replies.append(b"354 go ahead" if accepted else b"554 no valid recipients")
+        connection.sendall(b"".join(reply + b"\r\n" for reply in replies))
+        if accepted:
+            while (line := reader.readline()) != b".\r\n":
+                self.message += line
+            connection.sendall(b"250 queued\r\n")
 
 
 def test_with_pipelining_mail_rcpt_and_data_go_out_before_the_first_reply_and_dots_are_stuffed(
@@ -367,54 +380,29 @@ def test_with_pipelining_a_message_nobody_takes_sends_no_body(tmp_path: Path) ->
     assert not results[ANNA].delivered and results[ANNA].permanent
 
 
-class PipelineWatcher:
-    """An SMTP server offering PIPELINING that answers a message's end of data only after it has
-    read the next message's MAIL, RCPT and DATA: a client that waited for the 250 before sending
-    them would stall here (and time out) instead."""
+class PipelineWatcher(RawSession):
+    """Answers a message's end of data only after it has read the next message's MAIL, RCPT and
+    DATA: a client that waited for the 250 before sending them would stall here instead."""
 
     def __init__(self, messages: int) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
         self.messages = messages
         self.bodies: list[bytes] = []
         self.read_before_answer: list[list[bytes]] = []
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
+        super().__init__()
 
-    def _serve(self) -> None:
-        try:
-            connection, _ = self.listener.accept()
-            connection.settimeout(5)
-            with connection:
-                reader = connection.makefile("rb")
-                connection.sendall(b"220 watcher.test ESMTP\r\n")
-                reader.readline()  # EHLO
-                connection.sendall(b"250-watcher.test\r\n250 PIPELINING\r\n")
-                envelope = [reader.readline() for _ in range(3)]  # MAIL, RCPT, DATA
-                connection.sendall(b"250 sender ok\r\n250 recipient ok\r\n354 go ahead\r\n")
-                for number in range(self.messages):
-                    body = b""
-                    while (line := reader.readline()) != b".\r\n":
-                        body += line
-                    self.bodies.append(body)
-                    if number == self.messages - 1:
-                        connection.sendall(b"250 queued\r\n")
-                        break
-                    envelope = [reader.readline() for _ in range(3)]
-                    self.read_before_answer.append(envelope)
-                    connection.sendall(b"250 queued\r\n250 sender ok\r\n250 recipient ok\r\n354 go ahead\r\n")
-                while (line := reader.readline()) and not line.upper().startswith(b"QUIT"):
-                    connection.sendall(b"250 ok\r\n")
-                connection.sendall(b"221 bye\r\n")
-        except BaseException as error:  # reported by the test, not lost in the thread
-            self.error = error
-        finally:
-            self.listener.close()
-
-    def finish(self) -> None:
-        self.thread.join(timeout=10)
-        assert self.error is None, f"the watching server failed: {self.error!r}"
+    def converse(self, connection: socket.socket, reader: Any) -> None:
+        [reader.readline() for _ in range(3)]  # MAIL, RCPT, DATA
+        connection.sendall(b"250 sender ok\r\n250 recipient ok\r\n354 go ahead\r\n")
+        for number in range(self.messages):
+            body = b""
+            while (line := reader.readline()) != b".\r\n":
+                body += line
+            self.bodies.append(body)
+            if number == self.messages - 1:
+                connection.sendall(b"250 queued\r\n")
+                return
+            self.read_before_answer.append([reader.readline() for _ in range(3)])
+            connection.sendall(b"250 queued\r\n250 sender ok\r\n250 recipient ok\r\n354 go ahead\r\n")
 
 
 def test_with_pipelining_the_next_message_goes_out_with_the_body_before_it(tmp_path: Path) -> None:
