@@ -1,7 +1,7 @@
 """Big base64 attachments decoded a piece at a time, vectorised where the text allows it.
 
-Where it sits in the flow: `handle.save_attachment` writes a `core.mail.Base64Body` (a big
-attachment the parser left in the raw mail) to the attachment store with `decoded_pieces`.
+Where it sits in the flow: `spool` writes a `core.mail.Base64Body` (a big attachment the parser
+left in the raw mail) to a file with `decoded_pieces`, where the mail is parsed.
 The stdlib decodes base64 a byte at a time (1.4 ms for a 200 KiB attachment, a tenth of
 processing such a mail); pybase64's SIMD decoder takes 0.15-0.17 ms. It skips line breaks and
 stray characters exactly as the stdlib's lenient decoder does, but only padding at the very

@@ -28,10 +28,10 @@ from maildesk.models import Attachment, ConsumedToken, InboxItem, Message, Outbo
 from maildesk.notify import NEVER_MAIL, Notifier, Recipient, Thread
 from maildesk.spool import Spooled, keep
 from maildesk.states import actor_of, state_of
-from maildesk.verify import Sender
 from maildesk.tickets import (
     NewTicketData, add_customer, apply_decision, create_ticket, notices_for_new_ticket, refuse,
 )
+from maildesk.verify import Sender
 
 REPLY_PREFIX = re.compile(r"^\s*((re|fw|fwd|aw|wg|sv|vs|atb|pārs|pars)\s*(\[\d+\])?\s*:\s*)+", re.IGNORECASE)
 UNKNOWN_SENDER_QUIET = timedelta(days=1)

@@ -57,7 +57,7 @@ def make_settings(tmp_path: Path, port: int, **extra: str) -> Settings:
 @pytest.fixture(params=[False, True], ids=["one-command-at-a-time", "pipelining"])
 def smtp_sink(request: pytest.FixtureRequest) -> Iterator[SmtpSink]:
     """Every delivery case twice: against a server without PIPELINING (smtplib's `sendmail`) and
-    one that offers it (`smtp._send_pipelined`)."""
+    one that offers it (`SmtpTransport._exchange`, pipelined across the messages of a batch)."""
     with SmtpSink(pipelining=request.param) as sink:
         yield sink
 
