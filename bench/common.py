@@ -181,16 +181,6 @@ def db_counts(path: Path) -> dict[str, object]:
         connection.close()
 
 
-def outbox_unsent(path: Path) -> int:
-    """Rows still to deliver (pending or being sent): the daemon benchmark waits for zero."""
-    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
-    try:
-        return int(connection.execute(
-            "SELECT count(*) FROM outbox WHERE status IN ('pending', 'sending')").fetchone()[0])
-    finally:
-        connection.close()
-
-
 def inbox_reasons(path: Path, limit: int = 8) -> list[tuple[str, str, int]]:
     """The most common (state, reason) pairs: shows at a glance what did not become a ticket."""
     connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
