@@ -120,8 +120,12 @@ class SmtpTransport:
                                      if unanswered is not None and id(unanswered) not in done]
         finally:
             self._last_used = time.monotonic()
-        if client.sock is None:
-            self._drop()  # smtplib closes by itself after a 421 (service shutting down)
+        if client.sock is None:  # smtplib closes by itself after a 421 (service shutting down)
+            self._drop()
+            if next_flight is not None:
+                answered.append((next_flight.envelope, DeliveryError(f"connection to {self._where()} closed",
+                                                                     permanent=False)))
+                next_flight = None
         return next_flight, answered
 
     def _send_plain(self, client: smtplib.SMTP, envelope_from: str,
