@@ -27,8 +27,8 @@ from sqlalchemy.engine import Engine, make_url
 
 from maildesk import spool
 from maildesk.config import Settings
-from maildesk.models import utcnow
 from maildesk.delivery import Sender
+from maildesk.models import utcnow
 from maildesk.outbox import release_stale_claims, send_due
 from maildesk.parse_worker import ProcessParser, parser_for
 from maildesk.process import Pipeline
