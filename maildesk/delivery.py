@@ -176,6 +176,7 @@ def attempt_rows(settings: Settings, transport: Transport, rows: list[ClaimedRow
             attempts.taken += 1
             attempt = _attempt_for(settings, row)
             if attempt.envelope is None:
+                assert attempt.problem is not None
                 unbuilt.append(_outcome_of(settings, attempt, attempt.problem, now=now))
                 continue
             in_hand[row.message_id] = attempt
@@ -183,15 +184,16 @@ def attempt_rows(settings: Settings, transport: Transport, rows: list[ClaimedRow
 
     def outcomes() -> Iterator[RowOutcome]:
         for envelope, result in transport.deliver_many(settings.bounce_address, envelopes()):
-            yield from _taken_all(unbuilt)
+            yield from _drained(unbuilt)
             yield _outcome_of(settings, in_hand.pop(envelope.message_id), result, now=now)
-        yield from _taken_all(unbuilt)
+        yield from _drained(unbuilt)
 
     attempts = Attempts(outcomes())
     return attempts
 
 
-def _taken_all(items: list[RowOutcome]) -> list[RowOutcome]:
+def _drained(items: list[RowOutcome]) -> list[RowOutcome]:
+    """The items, the list emptied."""
     taken, items[:] = items[:], []
     return taken
 
@@ -222,12 +224,11 @@ def _attempt_for(settings: Settings, row: ClaimedRow) -> _Attempt:
     return _Attempt(row, previous, waiting, Envelope(waiting, message, row.message_id))
 
 
-def _outcome_of(settings: Settings, attempt: _Attempt, result: Mapping[str, RecipientResult] | DeliveryError | None,
-                *, now: datetime) -> RowOutcome:
+def _outcome_of(settings: Settings, attempt: _Attempt, result: Mapping[str, RecipientResult] | DeliveryError, *,
+                now: datetime) -> RowOutcome:
     """The row's new values after the transport's answer (a DeliveryError holds for every recipient)."""
-    if result is None or isinstance(result, DeliveryError):
-        error = result or DeliveryError("the message was not built", permanent=True)
-        results: Mapping[str, RecipientResult] = {address: RecipientResult(False, error.permanent, str(error))
+    if isinstance(result, DeliveryError):
+        results: Mapping[str, RecipientResult] = {address: RecipientResult(False, result.permanent, str(result))
                                                   for address in attempt.waiting}
     else:
         results = result

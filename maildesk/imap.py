@@ -174,7 +174,7 @@ class ImapPoller:
         filed: list[tuple[_Saved, int, dict[str, Future[int]]]] = []
         fetching = io.submit(self._fetch, client, batches[0], self._known_of(uidvalidity, batches[0])) \
             if batches else None
-        for index, uids in enumerate(batches):
+        for index in range(len(batches)):
             if self.stop_event.is_set() or fetching is None:
                 break
             fetched = fetching.result()
