@@ -30,9 +30,10 @@ def wait_until(condition: Callable[[], object], timeout: float, interval: float 
 class DaemonProcess:
     """`maildesk run` in a subprocess with its own environment and a systemd notify socket."""
 
-    def __init__(self, env: dict[str, str], workdir: Path) -> None:
+    def __init__(self, env: dict[str, str], workdir: Path, wrapper: tuple[str, ...] = ()) -> None:
         self.env = {**os.environ, **env}
         self.workdir = workdir
+        self.wrapper = wrapper  # a command the daemon runs under (strace ...)
         self.process: subprocess.Popen[bytes] | None = None
         self.notify_dir = Path(tempfile.mkdtemp(prefix="notify-"))
         self.notify_path = self.notify_dir / "notify.sock"
@@ -51,8 +52,8 @@ class DaemonProcess:
         self.messages.clear()
         env = {**self.env, "NOTIFY_SOCKET": str(self.notify_path)}
         with self.log.open("ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "maildesk", "run"], env=env, cwd=self.workdir,
-                                            stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen([*self.wrapper, sys.executable, "-m", "maildesk", "run"], env=env,
+                                            cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT)
         self.wait_for_notify("READY=1", 30)
 
     def wait_for_notify(self, field: str, timeout: float) -> None:
@@ -67,14 +68,29 @@ class DaemonProcess:
         wait_until(seen, timeout, interval=0, what=field)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        """Signal the daemon (not the wrapper it runs under) and return its exit status."""
         assert self.process is not None
-        self.process.send_signal(sig)
+        os.kill(self.daemon_pid(), sig)
         code = self.process.wait(timeout=timeout)
         self.process = None
         return code
 
+    def daemon_pid(self) -> int:
+        """The daemon's process id: the wrapper's only child when there is a wrapper."""
+        assert self.process is not None
+        if not self.wrapper:
+            return self.process.pid
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
+        assert len(children) == 1, f"{self.wrapper[0]} has children {children}"
+        return int(children[0])
+
     def kill(self) -> None:
         if self.process is not None:
+            if self.wrapper and self.process.poll() is None:
+                try:
+                    os.kill(self.daemon_pid(), signal.SIGKILL)
+                except (AssertionError, OSError):  # already gone
+                    pass
             self.process.kill()
             self.process.wait(timeout=30)
             self.process = None
