@@ -395,6 +395,11 @@ def _configure_logging(settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    if logging.getLogger().level > logging.DEBUG:
+        # aiosmtpd (the LMTP listener) logs each session command at INFO: eleven lines a mail,
+        # and "Connection lost during _handle_client()" at every start. The daemon's own line a
+        # mail says what happened; MAILDESK_LOG_LEVEL=debug shows the sessions again.
+        logging.getLogger("mail.log").setLevel(logging.WARNING)
 
 
 class _progress:

@@ -54,6 +54,7 @@ def test_the_embedded_defaults_turn_a_test_mail_into_a_ticket_and_an_acknowledge
     assert "STOPPING=1" in embedded.messages + embedded.notify.recv(4096).decode().split("\n")
     log = embedded.log.read_text()
     assert "stopped" in log and f"ticket={tickets[0]['key']}" in log and "outcome=processed" in log
+    assert " mail.log " not in log  # aiosmtpd's lines for each LMTP command stay out of the journal
 
 
 def test_a_wrong_setting_stops_start_up_naming_it(tmp_path: Path) -> None:
