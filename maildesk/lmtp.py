@@ -52,8 +52,9 @@ class LmtpHandler:
         except Exception:
             log.exception("cannot store a %d-byte message from %s; answered 451", len(raw), envelope.mail_from)
             return _per_recipient(TEMPORARY_FAILURE, envelope)
-        log.info("message_id=%s inbox=%d stored from LMTP (%s)", quick_message_id(raw) or "-", stored.inbox_id,
-                 "new" if stored.new else "already stored")
+        # A new mail gets its line when processed (one line a mail); a repeat gets none there.
+        log.log(logging.DEBUG if stored.new else logging.INFO, "message_id=%s inbox=%d stored from LMTP (%s)",
+                quick_message_id(raw) or "-", stored.inbox_id, "new" if stored.new else "already stored")
         try:
             self.on_stored(stored.inbox_id)
         except Exception:  # the row is committed: the daemon's sweep of unprocessed rows finds it

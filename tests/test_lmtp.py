@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import smtplib
 from collections.abc import Iterator
 from pathlib import Path
@@ -91,12 +92,16 @@ def test_a_mail_for_two_recipients_is_stored_before_both_get_250(listener: Liste
     assert listener.stored == [item.id]
 
 
-def test_the_same_mail_delivered_twice_is_stored_once(listener: Listener, engine: Engine) -> None:
+def test_the_same_mail_delivered_twice_is_stored_once(listener: Listener, engine: Engine,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
     raw = make_mail(ANNA, "Printer does not print", "The printer is broken.", to=SUPPORT)
-    with listener.client() as client:
+    with caplog.at_level(logging.INFO, logger="maildesk.lmtp"), listener.client() as client:
         first = deliver(client, raw, [SUPPORT])
         again = deliver(client, raw, [SUPPORT])
     assert first == again and len(inbox_rows(engine)) == 1
+    # the new mail's line comes when it is processed; the repeat, never processed, gets one here
+    stored = [record.getMessage() for record in caplog.records if "stored from LMTP" in record.getMessage()]
+    assert len(stored) == 1 and stored[0].endswith("(already stored)")
 
 
 def test_when_the_database_cannot_store_every_recipient_gets_451_and_nothing_is_kept(
