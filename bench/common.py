@@ -215,24 +215,40 @@ def machine_busy_seconds() -> float:
 
 def process_tree_cpu_seconds(root: int) -> float:
     """User + system CPU used so far by `root` and every living process below it (proc(5) stat)."""
-    parents: dict[int, int] = {}
-    used: dict[int, float] = {}
     ticks = os.sysconf("SC_CLK_TCK")
+    return sum((int(fields[11]) + int(fields[12])) / ticks for fields in _tree_stats(root).values())
+
+
+def process_tree_rss_bytes(root: int) -> dict[int, int]:
+    """The resident set size of `root` and of every living process below it, by process id."""
+    sizes: dict[int, int] = {}
+    for pid in _tree_stats(root):
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                sizes[pid] = int(line.split()[1]) * 1024
+    return sizes
+
+
+def _tree_stats(root: int) -> dict[int, list[str]]:
+    """proc(5) stat fields (after the command name) of `root` and every living process below it."""
+    stats: dict[int, list[str]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+            stats[int(entry.name)] = (entry / "stat").read_text().rpartition(")")[2].split()
         except OSError:  # gone meanwhile
             continue
-        parents[int(entry.name)] = int(fields[1])
-        used[int(entry.name)] = (int(fields[11]) + int(fields[12])) / ticks
     tree, grew = {root}, True
     while grew:
-        below = {pid for pid, parent in parents.items() if parent in tree} - tree
+        below = {pid for pid, fields in stats.items() if int(fields[1]) in tree} - tree
         grew = bool(below)
         tree |= below
-    return sum(used.get(pid, 0.0) for pid in tree)
+    return {pid: stats[pid] for pid in tree if pid in stats}
 
 
 def load_average() -> str:

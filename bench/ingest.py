@@ -6,6 +6,7 @@
     .venv/bin/python bench/ingest.py --scenario c          # APPEND -> ack latency with IDLE
     .venv/bin/python bench/ingest.py --scenario d          # LMTP -> ack latency
     .venv/bin/python bench/ingest.py --scenario e          # peak RSS with a 25 MiB attachment
+    .venv/bin/python bench/ingest.py --scenario e-daemon   # `maildesk run`'s processes, largest mail
     .venv/bin/python bench/ingest.py --scenario f          # (a) with 1,000,000 tickets stored
     .venv/bin/python bench/ingest.py --scenario report     # the markdown table of all stored results
 
@@ -24,7 +25,7 @@ from pathlib import Path
 from common import CORPUS, load_average, load_corpus, machine, print_rows
 import results
 
-SCENARIOS = ("a", "b", "c", "d", "e", "f", "report")
+SCENARIOS = ("a", "b", "c", "d", "e", "e-daemon", "f", "report")
 
 
 def main() -> None:
@@ -36,6 +37,7 @@ def main() -> None:
     parser.add_argument("--mails", type=int, default=60, help="(c), (d): measured mails (one more warms up)")
     parser.add_argument("--spacing", type=float, default=None, help="(c), (d): seconds between mails "
                         "(default 1.5 for (c), 0.5 for (d))")
+    parser.add_argument("--big-mails", type=int, default=12, help="(e-daemon): mails of the largest size allowed")
     parser.add_argument("--tickets", type=int, default=1_000_000, help="(f): tickets to seed")
     parser.add_argument("--seed-tables", default="tickets,messages,inbox,outbox",
                         help="(f): tables to seed, one row per ticket each (default: all four)")
@@ -81,6 +83,9 @@ def run(options: argparse.Namespace, mails: list) -> dict:  # type: ignore[type-
     if scenario == "e":
         from memory import scenario_e
         return scenario_e(mails)
+    if scenario == "e-daemon":
+        from memory import scenario_e_daemon
+        return scenario_e_daemon(mails, count=options.big_mails)
     from throughput import scenario_f
     baseline = options.baseline or results.load().get("a", {}).get("msgs_per_s")
     tables = tuple(name.strip() for name in options.seed_tables.split(",") if name.strip())

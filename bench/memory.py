@@ -1,4 +1,6 @@
-"""(e) Peak memory of `maildesk ingest` on one mail with a 25 MB attachment, and on a tiny mail.
+"""(e) Peak memory of `maildesk ingest` on one mail with a 25 MB attachment, and on a tiny mail;
+and (`--scenario e-daemon`, beside the issue's figures) of `maildesk run` with all its processes
+on the largest mail MAILDESK_MAX_MESSAGE_BYTES lets in, against the unit's MemoryMax=1G.
 
 Measured from outside, on the real command an MTA pipes mail into, with `/usr/bin/time -v`
 ("Maximum resident set size"): that is the whole process (interpreter, imports, SQLite page
@@ -12,15 +14,17 @@ import os
 import re
 import resource
 import shutil
+import sqlite3
 import subprocess
 import sys
+import time
 from email.message import EmailMessage
 from email.utils import make_msgid
 from pathlib import Path
 from typing import Any
 
-from common import (SUPPORT_ADDRESS, CorpusMail, base_env, fresh_workdir, prepare_desk, print_header, print_rows,
-                    verdict)
+from common import (SUPPORT_ADDRESS, CorpusMail, base_env, db_path, fresh_workdir, imap_env, prepare_desk,
+                    print_header, print_rows, process_tree_rss_bytes, servers, verdict)
 
 ATTACHMENT_BYTES = 25 * 1024 * 1024
 MiB = 1024 * 1024
@@ -87,3 +91,75 @@ def scenario_e(corpus: list[CorpusMail]) -> dict[str, Any]:
     result = {"figures": figures, "target_bytes": target, "rows": [row]}
     print_rows(result["rows"])
     return result
+
+
+UNIT_MEMORY_MAX = 1024 * MiB  # systemd/maildesk.service: MemoryMax=1G
+SAMPLE_SECONDS = 0.02
+
+
+def scenario_e_daemon(corpus: list[CorpusMail], count: int = 1) -> dict[str, Any]:
+    """The largest mail allowed, APPENDed to Dovecot, through `maildesk run` (IMAP poller, parse
+    helper): the peak of the summed RSS of the daemon's processes, sampled every 20 ms until the
+    mail is processed. Shared pages (the interpreter, libraries) count once per process, so the
+    sum is above what the unit's cgroup is charged; the page cache of the files written is not in
+    it (the cgroup reclaims that before it would kill)."""
+    from tests.daemon_harness import DaemonProcess
+
+    print_header("(e-daemon) peak RSS of `maildesk run` and its helpers on the largest mail allowed, over IMAP")
+    workdir = fresh_workdir("e-daemon")
+    with servers(dovecot=True) as (dovecot, _sink):
+        env = {**base_env(workdir), **imap_env(dovecot)}
+        settings, engine = prepare_desk(workdir, env, corpus)
+        engine.dispose()
+        raw = _largest_mail(corpus[0].sender, settings.max_message_bytes)
+        for number in range(count):  # each its own Message-ID: `count` different mails
+            dovecot.append("INBOX", raw.replace(b"Message-ID: <", f"Message-ID: <{number}.".encode(), 1))  # type: ignore[attr-defined]
+        daemon = DaemonProcess(env, workdir)
+        peaks: dict[int, int] = {}
+        peak_sum = 0
+        try:
+            daemon.start()
+            assert daemon.process is not None
+            deadline = time.monotonic() + 300
+            while _processed(db_path(settings)) < count and time.monotonic() < deadline:
+                sizes = process_tree_rss_bytes(daemon.process.pid)
+                peak_sum = max(peak_sum, sum(sizes.values()))
+                for pid, size in sizes.items():
+                    peaks[pid] = max(peaks.get(pid, 0), size)
+                time.sleep(SAMPLE_SECONDS)
+            done = _processed(db_path(settings))
+        finally:
+            if daemon.process is not None:
+                daemon.stop()
+            daemon.close()
+    print(f"{count} mail(s) of {len(raw) / MiB:.1f} MiB each (MAILDESK_MAX_MESSAGE_BYTES "
+          f"{settings.max_message_bytes / MiB:.0f} MiB); {done} done within 300 s")
+    print("peak RSS per process: " + ", ".join(f"{size / MiB:.0f} MiB" for size in sorted(peaks.values(), reverse=True)))
+    print(f"peak of the sum: {peak_sum / MiB:.0f} MiB (the unit's MemoryMax {UNIT_MEMORY_MAX / MiB:.0f} MiB)")
+    row = ("(e-daemon) peak RSS of `maildesk run` and its helpers, the largest mail allowed over IMAP",
+           f"{peak_sum / MiB:.0f} MiB summed over {len(peaks)} processes ({count} mail(s) of {len(raw) / MiB:.1f} MiB)",
+           f"< MemoryMax {UNIT_MEMORY_MAX / MiB:.0f} MiB", verdict(done == count and peak_sum < UNIT_MEMORY_MAX))
+    result = {"raw_bytes": len(raw), "mails": count, "peak_sum_bytes": peak_sum,
+              "peaks": sorted(peaks.values(), reverse=True), "done": done, "rows": [row]}
+    print_rows(result["rows"])
+    return result
+
+
+def _largest_mail(sender: str, limit: int) -> bytes:
+    """A mail with one attachment, as close under `limit` bytes as base64's growth allows."""
+    attachment = int(limit / 1.37)  # base64 in 76-character lines: 4/3 and a CRLF each 57 bytes
+    while True:
+        raw = build_mail(sender, attachment)
+        if len(raw) <= limit:
+            return raw
+        attachment -= len(raw) - limit + 4096
+
+
+def _processed(database: Path) -> int:
+    """How many inbox rows are done (processed, or failed for good)."""
+    connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=30)
+    try:
+        return int(connection.execute("SELECT count(*) FROM inbox WHERE state NOT IN ('new', 'processing')")
+                   .fetchone()[0])
+    finally:
+        connection.close()

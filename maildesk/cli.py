@@ -298,9 +298,12 @@ def inbox_retry(ctx: typer.Context,
     ids = operations.requeue_inbox(context.engine(), inbox_id)
     if inbox_id is not None and not ids:
         fail(f"inbox {inbox_id} is not failed, quarantined or held")
+    from maildesk.imap import PROCESS_GROUP, PROCESS_GROUP_BYTES, chunks_by_size
     pipeline = Pipeline(context.settings, context.engine())
-    for outcome in filter(None, pipeline.process_many(ids)):
-        typer.echo(f"inbox {outcome.inbox_id}: {outcome.state} {outcome.ticket or ''} {outcome.reason}".rstrip())
+    sizes = operations.inbox_sizes(context.engine(), ids)
+    for group in chunks_by_size(ids, sizes, PROCESS_GROUP_BYTES, most=PROCESS_GROUP):  # as the poller: bounded memory
+        for outcome in filter(None, pipeline.process_many(group)):
+            typer.echo(f"inbox {outcome.inbox_id}: {outcome.state} {outcome.ticket or ''} {outcome.reason}".rstrip())
 
 
 @app.command("check")

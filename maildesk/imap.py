@@ -43,6 +43,10 @@ CONNECT_TIMEOUT_SECONDS = 15.0
 READ_TIMEOUT_SECONDS = 120.0
 FETCH_CHUNK_BYTES = 32 * 1024 * 1024  # one BODY[] FETCH holds at most this much (or one message)
 PROCESS_GROUP = 50  # rows per pipeline transaction; a stop waits for at most one group (~0.2 s)
+# ... and at most this much raw mail a group (a bigger mail goes alone). Two groups are in hand at
+# once, with their copies for the parse helper: twelve 40 MB mails in a group took the daemon
+# and its helper to 1.17 GiB, past the unit's MemoryMax=1G (bench/memory.py, e-daemon).
+PROCESS_GROUP_BYTES = 64 * 1024 * 1024
 FIRST_BACKOFF_SECONDS = 1.0
 MAX_BACKOFF_SECONDS = 60.0
 SOURCE = "imap"
@@ -182,7 +186,7 @@ class ImapPoller:
                                   self._known_of(uidvalidity, batches[index + 1]))
                         if index + 1 < len(batches) else None)
             saved = self._save(io, client, uidvalidity, fetched)
-            processed, filing = self._process(saved.entries, after_group)
+            processed, filing = self._process(saved.entries, fetched.sizes, after_group)
             filed.append((saved, processed, {folder: io.submit(self._move, client, folder_uids, folder)
                                              for folder, folder_uids in filing.items()}))
         report = PollReport()
@@ -234,25 +238,24 @@ class ImapPoller:
             self._advance_cursor(uidvalidity, max(fetched.sizes))
         return _Saved(entries, count, stored_new)
 
-    def _process(self, entries: dict[int, int],
+    def _process(self, entries: dict[int, int], sizes: dict[int, int],
                  after_group: Callable[[int], None]) -> tuple[int, dict[str, list[int]]]:
         """Run the pipeline on the stored rows; the folder each original belongs in, by its final state.
 
-        Rows go to the pipeline in groups (one transaction each, for speed on a backlog), and
+        Rows go to the pipeline in groups (one transaction each, for speed on a backlog; bounded
+        in rows and in bytes of raw mail, by the sizes the server gave), and
         each group is prepared (claimed and handed to the parser) before the one ahead of it is
         finished, so that parsing and processing overlap; `after_group(rows)` follows each
         group's commit. A stop is honoured between groups; what is not filed yet is stored and
         will be seen again.
         """
         filing: dict[str, list[int]] = {}
-        uids = sorted(entries)
         ahead: deque[tuple[list[int], Prepared]] = deque()  # at most two: the group to finish, the next one
         processed = 0
         try:
-            for start in range(0, len(uids), PROCESS_GROUP):
+            for group in chunks_by_size(sorted(entries), sizes, PROCESS_GROUP_BYTES, most=PROCESS_GROUP):
                 if self.stop_event.is_set():
                     break
-                group = uids[start:start + PROCESS_GROUP]
                 ahead.append((group, self.pipeline.prepare([entries[uid] for uid in group])))
                 if len(ahead) == 2:
                     processed += self._finish(*ahead.popleft(), entries, filing, after_group)
@@ -568,12 +571,14 @@ def fetch_bodies(client: IMAPClient, uids: list[int]) -> dict[int, bytes]:
     return {uid: found[uid][b"BODY[]"] for uid in uids if uid in found and found[uid].get(b"BODY[]") is not None}
 
 
-def chunks_by_size(uids: list[int], sizes: dict[int, int], budget: int) -> Iterator[list[int]]:
-    """Consecutive groups of UIDs whose sizes add up to at most `budget` (a bigger one goes alone)."""
+def chunks_by_size(uids: list[int], sizes: dict[int, int], budget: int,
+                   most: int | None = None) -> Iterator[list[int]]:
+    """Consecutive groups of UIDs whose sizes add up to at most `budget` (a bigger one goes
+    alone), of at most `most` UIDs each."""
     chunk: list[int] = []
     total = 0
     for uid in uids:
-        if chunk and total + sizes[uid] > budget:
+        if chunk and (total + sizes[uid] > budget or len(chunk) == most):
             yield chunk
             chunk, total = [], 0
         chunk.append(uid)

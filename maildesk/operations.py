@@ -112,6 +112,13 @@ def requeue_inbox(engine: Engine, inbox_id: int | None) -> list[int]:
     return ids
 
 
+def inbox_sizes(engine: Engine, inbox_ids: list[int]) -> dict[int, int]:
+    """The raw size of each of these inbox rows (for processing them in groups of bounded bytes)."""
+    with store.transaction(engine) as session:
+        return {int(inbox_id): int(size) for inbox_id, size in session.execute(
+            select(InboxItem.id, InboxItem.size).where(InboxItem.id.in_(inbox_ids)))}  # type: ignore[union-attr]
+
+
 def requeue_outbox(engine: Engine, outbox_id: int) -> bool:
     """A failed outbox row is tried again now (a fixed address, a server back up): its refused
     recipients get a new attempt, those already delivered are not mailed twice."""

@@ -339,6 +339,40 @@ def test_progress_is_reported_after_each_group_is_committed_so_the_sender_starts
                        (2 * PROCESS_GROUP, 2 * PROCESS_GROUP, PROCESS_GROUP)]
 
 
+def test_groups_are_bounded_in_bytes_so_a_backlog_of_big_mails_is_never_all_in_memory(
+        desk: Desk, dovecot: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under systemd's MemoryMax a group of fifty big mails, held twice over, would get the
+    daemon killed and restarted onto the same backlog again."""
+    small = [customer_mail(f"Request {n}") for n in range(6)]
+    big = customer_mail("Logs attached", "The log:\n" + "x" * 60 + ("\n" + "y" * 60) * 200)
+    for raw in [*small[:3], big, *small[3:]]:
+        dovecot.append("INBOX", raw)
+    budget = 3 * max(len(raw) for raw in small) + 100  # sizes as the server counts them: CRLF, as sent
+    assert len(big) > budget
+    monkeypatch.setattr(imap, "PROCESS_GROUP_BYTES", budget)
+    groups: list[int] = []
+    prepare = desk.pipeline.prepare
+
+    def preparing(inbox_ids: list[int], **options: Any) -> Prepared:
+        groups.append(len(inbox_ids))
+        return prepare(inbox_ids, **options)
+
+    desk.pipeline.prepare = preparing  # type: ignore[method-assign]
+    report = desk.poller().poll_once()
+    assert (report.processed, report.moved) == (7, 7)
+    assert groups == [3, 1, 3]  # the big mail alone, between two groups of three
+
+
+@pytest.mark.parametrize(("sizes", "budget", "most", "expected"), [
+    ({1: 1, 2: 1, 3: 1, 4: 1, 5: 1}, 100, 2, [[1, 2], [3, 4], [5]]),
+    ({1: 10, 2: 10, 3: 10, 4: 10}, 25, 3, [[1, 2], [3, 4]]),
+    ({1: 10, 2: 50, 3: 10}, 25, 3, [[1], [2], [3]]),
+])
+def test_process_groups_are_bounded_in_count_and_bytes(sizes: dict[int, int], budget: int, most: int,
+                                                        expected: list[list[int]]) -> None:
+    assert list(chunks_by_size(list(sizes), sizes, budget, most=most)) == expected
+
+
 def test_when_a_group_fails_the_group_prepared_behind_it_goes_back_at_once_with_no_attempt_counted(
         desk: Desk, dovecot: Any) -> None:
     append_originals_and_their_replies(dovecot, PROCESS_GROUP)

@@ -85,6 +85,27 @@ def test_inbox_retry_all_reprocesses_held_mail(tmp_path: Path) -> None:
     assert desk.json("inbox", "list", "--state", "held") == []
 
 
+def test_inbox_retry_all_goes_in_groups_of_bounded_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A desk with many big kept mails must not read them all into memory at once."""
+    from maildesk import imap
+    from maildesk.process import Pipeline
+    desk = Desk(tmp_path)
+    standard_people(desk)
+    for number in range(5):
+        desk.mail(f"new{number}@acme.example", f"Request {number}", "x" * 500)
+    for number in range(5):
+        desk.run("user", "add", f"new{number}@acme.example", "--name", "New", "--org", "ACME")
+    sizes = sorted(row["size"] for row in desk.json("inbox", "list", "--state", "held"))
+    monkeypatch.setattr(imap, "PROCESS_GROUP_BYTES", 2 * sizes[-1])  # two mails a group (never three)
+    assert 3 * sizes[0] > 2 * sizes[-1]
+    groups: list[int] = []
+    process_many = Pipeline.process_many
+    monkeypatch.setattr(Pipeline, "process_many",
+                        lambda pipeline, ids, **options: groups.append(len(ids)) or process_many(pipeline, ids, **options))
+    output = desk.run("inbox", "retry", "--all")
+    assert output.count("processed SD-") == 5 and groups == [2, 2, 1]
+
+
 def test_poll_once_fetches_and_processes_what_is_there(tmp_path: Path, dovecot, smtp_sink) -> None:
     from tests.mailbuilder import make_mail
     dovecot.reset()
