@@ -6,7 +6,8 @@
     .venv/bin/python bench/ingest.py --scenario c          # APPEND -> ack latency with IDLE
     .venv/bin/python bench/ingest.py --scenario d          # LMTP -> ack latency
     .venv/bin/python bench/ingest.py --scenario e          # peak RSS with a 25 MiB attachment
-    .venv/bin/python bench/ingest.py --scenario e-daemon   # `maildesk run`'s processes, largest mail
+    .venv/bin/python bench/ingest.py --scenario e-daemon   # `maildesk run`'s processes, 12 largest mails, IMAP
+    .venv/bin/python bench/ingest.py --scenario e-lmtp     # the same, 12 LMTP sessions at once
     .venv/bin/python bench/ingest.py --scenario f          # (a) with 1,000,000 tickets stored
     .venv/bin/python bench/ingest.py --scenario report     # the markdown table of all stored results
 
@@ -25,7 +26,7 @@ from pathlib import Path
 from common import CORPUS, load_average, load_corpus, machine, print_rows
 import results
 
-SCENARIOS = ("a", "b", "c", "d", "e", "e-daemon", "f", "report")
+SCENARIOS = ("a", "b", "c", "d", "e", "e-daemon", "e-lmtp", "f", "report")
 
 
 def main() -> None:
@@ -37,7 +38,7 @@ def main() -> None:
     parser.add_argument("--mails", type=int, default=60, help="(c), (d): measured mails (one more warms up)")
     parser.add_argument("--spacing", type=float, default=None, help="(c), (d): seconds between mails "
                         "(default 1.5 for (c), 0.5 for (d))")
-    parser.add_argument("--big-mails", type=int, default=12, help="(e-daemon): mails of the largest size allowed")
+    parser.add_argument("--big-mails", type=int, default=12, help="(e-daemon, e-lmtp): mails of the largest size allowed")
     parser.add_argument("--tickets", type=int, default=1_000_000, help="(f): tickets to seed")
     parser.add_argument("--seed-tables", default="tickets,messages,inbox,outbox",
                         help="(f): tables to seed, one row per ticket each (default: all four)")
@@ -83,9 +84,9 @@ def run(options: argparse.Namespace, mails: list) -> dict:  # type: ignore[type-
     if scenario == "e":
         from memory import scenario_e
         return scenario_e(mails)
-    if scenario == "e-daemon":
+    if scenario in ("e-daemon", "e-lmtp"):
         from memory import scenario_e_daemon
-        return scenario_e_daemon(mails, count=options.big_mails)
+        return scenario_e_daemon(mails, count=options.big_mails, via="imap" if scenario == "e-daemon" else "lmtp")
     from throughput import scenario_f
     baseline = options.baseline or results.load().get("a", {}).get("msgs_per_s")
     tables = tuple(name.strip() for name in options.seed_tables.split(",") if name.strip())

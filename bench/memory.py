@@ -1,6 +1,7 @@
 """(e) Peak memory of `maildesk ingest` on one mail with a 25 MB attachment, and on a tiny mail;
-and (`--scenario e-daemon`, beside the issue's figures) of `maildesk run` with all its processes
-on the largest mail MAILDESK_MAX_MESSAGE_BYTES lets in, against the unit's MemoryMax=1G.
+and (`--scenario e-daemon` and `e-lmtp`, beside the issue's figures) of `maildesk run` with all
+its processes on a dozen mails of the largest size MAILDESK_MAX_MESSAGE_BYTES lets in, over IMAP
+or by as many LMTP sessions at once, against the unit's MemoryMax=1G.
 
 Measured from outside, on the real command an MTA pipes mail into, with `/usr/bin/time -v`
 ("Maximum resident set size"): that is the whole process (interpreter, imports, SQLite page
@@ -14,9 +15,11 @@ import os
 import re
 import resource
 import shutil
+import smtplib
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from email.message import EmailMessage
 from email.utils import make_msgid
@@ -97,29 +100,39 @@ UNIT_MEMORY_MAX = 1024 * MiB  # systemd/maildesk.service: MemoryMax=1G
 SAMPLE_SECONDS = 0.02
 
 
-def scenario_e_daemon(corpus: list[CorpusMail], count: int = 1) -> dict[str, Any]:
-    """The largest mail allowed, APPENDed to Dovecot, through `maildesk run` (IMAP poller, parse
-    helper): the peak of the summed RSS of the daemon's processes, sampled every 20 ms until the
-    mail is processed. Shared pages (the interpreter, libraries) count once per process, so the
-    sum is above what the unit's cgroup is charged; the page cache of the files written is not in
-    it (the cgroup reclaims that before it would kill)."""
+def scenario_e_daemon(corpus: list[CorpusMail], count: int = 1, via: str = "imap") -> dict[str, Any]:
+    """`count` mails of the largest size allowed through `maildesk run`: APPENDed to Dovecot for
+    the IMAP poller (and its parse helper), or delivered by as many LMTP sessions at once, as a
+    Postfix would. The peak of the summed RSS of the daemon's processes, sampled every 20 ms until
+    every mail is processed. Shared pages (the interpreter, libraries) count once per process, so
+    the sum is above what the unit's cgroup is charged; the page cache of the files written is not
+    in it (the cgroup reclaims that before it would kill)."""
     from tests.daemon_harness import DaemonProcess
+    from tests.servers import free_port
 
-    print_header("(e-daemon) peak RSS of `maildesk run` and its helpers on the largest mail allowed, over IMAP")
-    workdir = fresh_workdir("e-daemon")
-    with servers(dovecot=True) as (dovecot, _sink):
-        env = {**base_env(workdir), **imap_env(dovecot)}
+    name = f"e-{'daemon' if via == 'imap' else via}"
+    print_header(f"({name}) peak RSS of `maildesk run` and its helpers on the largest mails allowed, over {via.upper()}")
+    workdir = fresh_workdir(name)
+    with servers(dovecot=via == "imap") as (dovecot, _sink):
+        port = free_port()
+        env = {**base_env(workdir), **(imap_env(dovecot) if via == "imap" else {"MAILDESK_LMTP_PORT": str(port)})}
         settings, engine = prepare_desk(workdir, env, corpus)
         engine.dispose()
         raw = _largest_mail(corpus[0].sender, settings.max_message_bytes)
-        for number in range(count):  # each its own Message-ID: `count` different mails
-            dovecot.append("INBOX", raw.replace(b"Message-ID: <", f"Message-ID: <{number}.".encode(), 1))  # type: ignore[attr-defined]
+        raws = [raw.replace(b"Message-ID: <", f"Message-ID: <{number}.".encode(), 1) for number in range(count)]
+        if via == "imap":
+            for numbered in raws:
+                dovecot.append("INBOX", numbered)  # type: ignore[attr-defined]
         daemon = DaemonProcess(env, workdir)
         peaks: dict[int, int] = {}
         peak_sum = 0
         try:
             daemon.start()
             assert daemon.process is not None
+            sessions = [threading.Thread(target=_deliver_by_lmtp, args=(port, corpus[0].sender, numbered))
+                        for numbered in (raws if via == "lmtp" else [])]
+            for session in sessions:
+                session.start()
             deadline = time.monotonic() + 300
             while _processed(db_path(settings)) < count and time.monotonic() < deadline:
                 sizes = process_tree_rss_bytes(daemon.process.pid)
@@ -128,6 +141,8 @@ def scenario_e_daemon(corpus: list[CorpusMail], count: int = 1) -> dict[str, Any
                     peaks[pid] = max(peaks.get(pid, 0), size)
                 time.sleep(SAMPLE_SECONDS)
             done = _processed(db_path(settings))
+            for session in sessions:
+                session.join()
         finally:
             if daemon.process is not None:
                 daemon.stop()
@@ -136,13 +151,20 @@ def scenario_e_daemon(corpus: list[CorpusMail], count: int = 1) -> dict[str, Any
           f"{settings.max_message_bytes / MiB:.0f} MiB); {done} done within 300 s")
     print("peak RSS per process: " + ", ".join(f"{size / MiB:.0f} MiB" for size in sorted(peaks.values(), reverse=True)))
     print(f"peak of the sum: {peak_sum / MiB:.0f} MiB (the unit's MemoryMax {UNIT_MEMORY_MAX / MiB:.0f} MiB)")
-    row = ("(e-daemon) peak RSS of `maildesk run` and its helpers, the largest mail allowed over IMAP",
-           f"{peak_sum / MiB:.0f} MiB summed over {len(peaks)} processes ({count} mail(s) of {len(raw) / MiB:.1f} MiB)",
+    row = (f"({name}) peak RSS of `maildesk run` and its helpers, the largest mails allowed over {via.upper()}",
+           f"{peak_sum / MiB:.0f} MiB summed over {len(peaks)} processes ({count} mail(s) of {len(raw) / MiB:.1f} MiB"
+           f"{', all sessions at once' if via == 'lmtp' else ''})",
            f"< MemoryMax {UNIT_MEMORY_MAX / MiB:.0f} MiB", verdict(done == count and peak_sum < UNIT_MEMORY_MAX))
     result = {"raw_bytes": len(raw), "mails": count, "peak_sum_bytes": peak_sum,
               "peaks": sorted(peaks.values(), reverse=True), "done": done, "rows": [row]}
     print_rows(result["rows"])
     return result
+
+
+def _deliver_by_lmtp(port: int, sender: str, raw: bytes) -> None:
+    with smtplib.LMTP("127.0.0.1", port, timeout=300) as client:
+        client.ehlo()
+        client.sendmail(sender, [SUPPORT_ADDRESS], raw)
 
 
 def _largest_mail(sender: str, limit: int) -> bytes:

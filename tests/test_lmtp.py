@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import threading
 import smtplib
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from hypothesis import given, settings as hypothesis_settings, strategies as st
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.engine import Engine
 
-from maildesk import store
+from maildesk import lmtp, store
 from maildesk.config import Settings, load_settings
 from maildesk.lmtp import LmtpServer, read_message_data
 from maildesk.models import InboxItem, InboxRaw
@@ -118,6 +119,41 @@ def test_when_the_database_cannot_store_every_recipient_gets_451_and_nothing_is_
         listener.server.stop()
     assert replies == [(451, b"4.3.0 cannot store the message, try again later")] * 2
     assert inbox_rows(engine) == [] and listener.stored == []
+
+
+def data_lines(raw: bytes) -> bytes:
+    """A CRLF message as a client sends it after the 354: dot-stuffed, ended by a lone dot."""
+    return raw.replace(b"\r\n.", b"\r\n..") + b"\r\n.\r\n"
+
+
+def test_sessions_past_the_data_budget_wait_before_the_354_holding_nothing(
+        settings: Settings, engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Postfix opens many LMTP sessions at once; their messages must not all be in memory."""
+    monkeypatch.setattr(lmtp, "DATA_BUDGET_BYTES", settings.max_message_bytes)  # room for one at a time
+    listener = Listener(settings, Pipeline(settings, engine))
+    listener.server.start()
+    first_raw, second_raw = (make_mail(ANNA, f"Request {n}", "It is broken.", to=SUPPORT) for n in (1, 2))
+    try:
+        with listener.client() as first, listener.client() as second:
+            for client in (first, second):
+                assert client.mail(ANNA)[0] == 250 and client.rcpt(SUPPORT)[0] == 250
+            first.putcmd("data")
+            assert first.getreply()[0] == 354  # the first session holds the only slot
+            second.putcmd("data")
+            second_reply: list[tuple[int, bytes]] = []
+            waiting = threading.Thread(target=lambda: second_reply.append(second.getreply()))
+            waiting.start()
+            waiting.join(0.5)  # a 354 now would mean two messages in memory at once
+            assert second_reply == []
+            first.send(data_lines(first_raw))
+            assert first.getreply()[0] == 250
+            waiting.join(10)
+            assert second_reply and second_reply[0][0] == 354  # the slot passed on
+            second.send(data_lines(second_raw))
+            assert second.getreply()[0] == 250
+    finally:
+        listener.server.stop()
+    assert len(inbox_rows(engine)) == 2
 
 
 def test_a_mail_over_the_size_limit_is_refused_with_552_per_recipient(listener: Listener, engine: Engine) -> None:
