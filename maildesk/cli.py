@@ -21,7 +21,7 @@ from maildesk.directory import DirectoryError, add_organisation, add_user, list_
 from maildesk.models import OutboxItem, Ticket, utcnow
 from maildesk.outbox import send_due
 from maildesk.smtp import transport_for
-from maildesk.process import Pipeline
+from maildesk.process import Pipeline, groups
 from maildesk.tickets import open_for_caller
 from maildesk.views import outbox_row, ticket_detail, ticket_summary, user_row
 
@@ -295,13 +295,11 @@ def inbox_retry(ctx: typer.Context,
     if (inbox_id is None) == (not every):
         fail("give an inbox ID or --all")
     context = _context(ctx)
-    ids = operations.requeue_inbox(context.engine(), inbox_id)
-    if inbox_id is not None and not ids:
+    sizes = operations.requeue_inbox(context.engine(), inbox_id)
+    if inbox_id is not None and not sizes:
         fail(f"inbox {inbox_id} is not failed, quarantined or held")
-    from maildesk.imap import PROCESS_GROUP, PROCESS_GROUP_BYTES, chunks_by_size
     pipeline = Pipeline(context.settings, context.engine())
-    sizes = operations.inbox_sizes(context.engine(), ids)
-    for group in chunks_by_size(ids, sizes, PROCESS_GROUP_BYTES, most=PROCESS_GROUP):  # as the poller: bounded memory
+    for group in groups(list(sizes), sizes):  # as a backlog: never every kept mail in memory at once
         for outcome in filter(None, pipeline.process_many(group)):
             typer.echo(f"inbox {outcome.inbox_id}: {outcome.state} {outcome.ticket or ''} {outcome.reason}".rstrip())
 

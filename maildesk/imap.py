@@ -32,7 +32,7 @@ from sqlmodel import col
 from maildesk import store
 from maildesk.config import Settings
 from maildesk.models import ImapCursor, InboxItem, utcnow
-from maildesk.process import Pipeline, Prepared
+from maildesk.process import Pipeline, Prepared, chunks_by_size, groups
 
 log = logging.getLogger("maildesk.imap")
 
@@ -42,11 +42,6 @@ DEAD_AFTER_EARLY_EMPTIES = 3  # a closed socket answers idle_check with [] at on
 CONNECT_TIMEOUT_SECONDS = 15.0
 READ_TIMEOUT_SECONDS = 120.0
 FETCH_CHUNK_BYTES = 32 * 1024 * 1024  # one BODY[] FETCH holds at most this much (or one message)
-PROCESS_GROUP = 50  # rows per pipeline transaction; a stop waits for at most one group (~0.2 s)
-# ... and at most this much raw mail a group (a bigger mail goes alone). Two groups are in hand at
-# once, with their copies for the parse helper: twelve 40 MB mails in a group took the daemon
-# and its helper to 1.17 GiB, past the unit's MemoryMax=1G (bench/memory.py, e-daemon).
-PROCESS_GROUP_BYTES = 64 * 1024 * 1024
 FIRST_BACKOFF_SECONDS = 1.0
 MAX_BACKOFF_SECONDS = 60.0
 SOURCE = "imap"
@@ -253,7 +248,7 @@ class ImapPoller:
         ahead: deque[tuple[list[int], Prepared]] = deque()  # at most two: the group to finish, the next one
         processed = 0
         try:
-            for group in chunks_by_size(sorted(entries), sizes, PROCESS_GROUP_BYTES, most=PROCESS_GROUP):
+            for group in groups(sorted(entries), sizes):
                 if self.stop_event.is_set():
                     break
                 ahead.append((group, self.pipeline.prepare([entries[uid] for uid in group])))
@@ -569,22 +564,6 @@ def fetch_bodies(client: IMAPClient, uids: list[int]) -> dict[int, bytes]:
     expunged meanwhile is missing."""
     found = client.fetch(uids, ["BODY.PEEK[]"])
     return {uid: found[uid][b"BODY[]"] for uid in uids if uid in found and found[uid].get(b"BODY[]") is not None}
-
-
-def chunks_by_size(uids: list[int], sizes: dict[int, int], budget: int,
-                   most: int | None = None) -> Iterator[list[int]]:
-    """Consecutive groups of UIDs whose sizes add up to at most `budget` (a bigger one goes
-    alone), of at most `most` UIDs each."""
-    chunk: list[int] = []
-    total = 0
-    for uid in uids:
-        if chunk and (total + sizes[uid] > budget or len(chunk) == most):
-            yield chunk
-            chunk, total = [], 0
-        chunk.append(uid)
-        total += sizes[uid]
-    if chunk:
-        yield chunk
 
 
 def uid_ranges(uids: list[int]) -> str:

@@ -99,24 +99,19 @@ def inbox_rows(engine: Engine, state: str | None) -> list[dict[str, object]]:
 RETRY_STATES = ("failed", "quarantined", "held")
 
 
-def requeue_inbox(engine: Engine, inbox_id: int | None) -> list[int]:
-    """Put kept mail (failed, quarantined or held) back in the queue with fresh attempts."""
+def requeue_inbox(engine: Engine, inbox_id: int | None) -> dict[int, int]:
+    """Put kept mail (failed, quarantined or held) back in the queue with fresh attempts; the rows
+    put back, in id order, with their raw sizes (to be processed in groups of bounded bytes)."""
     condition = InboxItem.state.in_(RETRY_STATES) & (InboxItem.size > 0)  # type: ignore[attr-defined]
     if inbox_id is not None:
         condition = condition & (InboxItem.id == inbox_id)
     with store.transaction(engine) as session:
-        ids = [row[0] for row in session.execute(select(InboxItem.id).where(condition).order_by(InboxItem.id))]
-        if ids:
-            session.execute(update(InboxItem).where(InboxItem.id.in_(ids))  # type: ignore[union-attr]
+        sizes = {int(row_id): int(size) for row_id, size in session.execute(
+            select(InboxItem.id, InboxItem.size).where(condition).order_by(InboxItem.id))}
+        if sizes:
+            session.execute(update(InboxItem).where(InboxItem.id.in_(list(sizes)))  # type: ignore[union-attr]
                             .values(state="new", attempts=0, claimed_by=None))
-    return ids
-
-
-def inbox_sizes(engine: Engine, inbox_ids: list[int]) -> dict[int, int]:
-    """The raw size of each of these inbox rows (for processing them in groups of bounded bytes)."""
-    with store.transaction(engine) as session:
-        return {int(inbox_id): int(size) for inbox_id, size in session.execute(
-            select(InboxItem.id, InboxItem.size).where(InboxItem.id.in_(inbox_ids)))}  # type: ignore[union-attr]
+    return sizes
 
 
 def requeue_outbox(engine: Engine, outbox_id: int) -> bool:

@@ -45,6 +45,11 @@ from maildesk.verify import Sender
 
 log = logging.getLogger("maildesk.process")
 CLAIM_LEASE = timedelta(minutes=10)
+GROUP_ROWS = 50  # rows per pipeline transaction on a backlog; a stop waits for at most one group (~0.2 s)
+# ... and at most this much raw mail a group (a bigger mail goes alone). Two groups are in hand at
+# once, with their copies for the parse helper: twelve 40 MB mails in a group took the daemon
+# and its helper to 1.17 GiB, past the unit's MemoryMax=1G (bench/memory.py, e-daemon).
+GROUP_BYTES = 64 * 1024 * 1024
 
 
 class State(str, Enum):
@@ -473,3 +478,25 @@ def _log_outcome(outcome: Outcome) -> None:
     log.info("message_id=%s inbox=%d ticket=%s outcome=%s ms=%.1f%s", outcome.message_id or "-",
              outcome.inbox_id, outcome.ticket or "-", outcome.state, outcome.milliseconds,
              f" reason={outcome.reason!r}" if outcome.state in ("failed", "quarantined", "held") else "")
+
+
+def groups(keys: list[int], sizes: dict[int, int]) -> Iterator[list[int]]:
+    """Rows (by any key: inbox id, IMAP UID) in the groups a backlog is processed in: at most
+    GROUP_ROWS rows and GROUP_BYTES of raw mail each, in the order given."""
+    return chunks_by_size(keys, sizes, GROUP_BYTES, most=GROUP_ROWS)
+
+
+def chunks_by_size(keys: list[int], sizes: dict[int, int], budget: int,
+                   most: int | None = None) -> Iterator[list[int]]:
+    """Consecutive groups of keys whose sizes add up to at most `budget` (a bigger one goes
+    alone), of at most `most` keys each."""
+    chunk: list[int] = []
+    total = 0
+    for key in keys:
+        if chunk and (total + sizes[key] > budget or len(chunk) == most):
+            yield chunk
+            chunk, total = [], 0
+        chunk.append(key)
+        total += sizes[key]
+    if chunk:
+        yield chunk

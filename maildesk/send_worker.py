@@ -26,8 +26,8 @@ from datetime import datetime
 from typing import Any
 
 from maildesk.config import Settings
-from maildesk.helper_process import start_helper
 from maildesk.delivery import Attempts, ClaimedRow, LocalSender, RowOutcome, Sender, Transport, attempt_rows
+from maildesk.helper_process import start_helper
 from maildesk.smtp import SmtpTransport, transport_for
 
 log = logging.getLogger("maildesk.send_worker")

@@ -18,14 +18,13 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from maildesk import imap, store
+from maildesk import imap, process, store
 from maildesk.config import Settings, load_settings
 from maildesk.directory import add_organisation, add_user
-from maildesk.imap import (PROCESS_GROUP, ImapPoller, PollReport, check_connection, chunks_by_size, open_client,
-                           uid_ranges)
+from maildesk.imap import ImapPoller, PollReport, check_connection, open_client, uid_ranges
 from maildesk.models import ImapCursor, InboxItem, InboxRaw, OutboxItem, Ticket
 from maildesk.parse_worker import ProcessParser
-from maildesk.process import Pipeline, Prepared
+from maildesk.process import GROUP_ROWS as PROCESS_GROUP, Pipeline, Prepared, chunks_by_size
 from tests.mailbuilder import make_mail
 from tests.servers import free_port
 
@@ -349,7 +348,7 @@ def test_groups_are_bounded_in_bytes_so_a_backlog_of_big_mails_is_never_all_in_m
         dovecot.append("INBOX", raw)
     budget = 3 * max(len(raw) for raw in small) + 100  # sizes as the server counts them: CRLF, as sent
     assert len(big) > budget
-    monkeypatch.setattr(imap, "PROCESS_GROUP_BYTES", budget)
+    monkeypatch.setattr(process, "GROUP_BYTES", budget)
     groups: list[int] = []
     prepare = desk.pipeline.prepare
 

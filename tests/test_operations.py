@@ -87,7 +87,7 @@ def test_inbox_retry_all_reprocesses_held_mail(tmp_path: Path) -> None:
 
 def test_inbox_retry_all_goes_in_groups_of_bounded_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A desk with many big kept mails must not read them all into memory at once."""
-    from maildesk import imap
+    from maildesk import process
     from maildesk.process import Pipeline
     desk = Desk(tmp_path)
     standard_people(desk)
@@ -96,7 +96,7 @@ def test_inbox_retry_all_goes_in_groups_of_bounded_bytes(tmp_path: Path, monkeyp
     for number in range(5):
         desk.run("user", "add", f"new{number}@acme.example", "--name", "New", "--org", "ACME")
     sizes = sorted(row["size"] for row in desk.json("inbox", "list", "--state", "held"))
-    monkeypatch.setattr(imap, "PROCESS_GROUP_BYTES", 2 * sizes[-1])  # two mails a group (never three)
+    monkeypatch.setattr(process, "GROUP_BYTES", 2 * sizes[-1])  # two mails a group (never three)
     assert 3 * sizes[0] > 2 * sizes[-1]
     groups: list[int] = []
     process_many = Pipeline.process_many
