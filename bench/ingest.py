@@ -9,6 +9,7 @@
     .venv/bin/python bench/ingest.py --scenario e-daemon   # `maildesk run`'s processes, 12 largest mails, IMAP
     .venv/bin/python bench/ingest.py --scenario e-lmtp     # the same, 12 LMTP sessions at once
     .venv/bin/python bench/ingest.py --scenario f          # (a) with 1,000,000 tickets stored
+    .venv/bin/python bench/ingest.py --scenario fetch      # the machine: Dovecot FETCH alone (issue: ~3,000 msg/s)
     .venv/bin/python bench/ingest.py --scenario report     # the markdown table of all stored results
 
 Each scenario builds its own desk under bench/out/<scenario>/ and its own servers, stops by
@@ -26,7 +27,7 @@ from pathlib import Path
 from common import CORPUS, load_average, load_corpus, machine, print_rows
 import results
 
-SCENARIOS = ("a", "b", "c", "d", "e", "e-daemon", "e-lmtp", "f", "report")
+SCENARIOS = ("a", "b", "c", "d", "e", "e-daemon", "e-lmtp", "f", "fetch", "report")
 
 
 def main() -> None:
@@ -87,6 +88,9 @@ def run(options: argparse.Namespace, mails: list) -> dict:  # type: ignore[type-
     if scenario in ("e-daemon", "e-lmtp"):
         from memory import scenario_e_daemon
         return scenario_e_daemon(mails, count=options.big_mails, via="imap" if scenario == "e-daemon" else "lmtp")
+    if scenario == "fetch":
+        from reference import scenario_fetch
+        return scenario_fetch(mails)
     from throughput import scenario_f
     baseline = options.baseline or results.load().get("a", {}).get("msgs_per_s")
     tables = tuple(name.strip() for name in options.seed_tables.split(",") if name.strip())
