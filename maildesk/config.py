@@ -241,13 +241,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DEFAULT_SERVICE_LEVEL", _text, "standard"),
     Setting("DEADLINE_WARNING_MINUTES", _integer(0, 100000), "60"),
 )
-FILE_SETTINGS = ("SECRET_KEY", "IMAP_PASSWORD", "SMTP_PASSWORD")
+# The secrets that may come from a file (MAILDESK_X_FILE), and their names as systemd credentials
+# (`LoadCredential=NAME:PATH` puts them in $CREDENTIALS_DIRECTORY, for the unit and for
+# `systemd/maildesk-admin` alike).
+FILE_SETTINGS = {"SECRET_KEY": "secret-key", "IMAP_PASSWORD": "imap-password", "SMTP_PASSWORD": "smtp-password"}
 
 
 def load_settings(env_file: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Settings from `environ` (default: the process environment) over the `.env` file.
 
-    With no `env_file`, `./.env` is read when it exists; a named file must exist.
+    With no `env_file`, `./.env` is read when it exists; a named file must exist. Under systemd,
+    an unset data folder is the unit's state directory ($STATE_DIRECTORY), and an unset secret
+    is read from the unit's credentials ($CREDENTIALS_DIRECTORY), where no *_FILE names one.
     """
     values = _raw_values(env_file, dict(os.environ) if environ is None else dict(environ))
     converted: dict[str, Any] = {}
@@ -269,10 +274,18 @@ def _raw_values(env_file: Path | None, environ: dict[str, str]) -> dict[str, str
     path = env_file if env_file is not None else Path(".env")
     from_file = {key: value or "" for key, value in dotenv_values(path).items()} if path.is_file() else {}
     values = {**from_file, **{key: value for key, value in environ.items() if key.startswith(ENV_PREFIX)}}
-    for name in FILE_SETTINGS:
+    credentials = environ.get("CREDENTIALS_DIRECTORY", "")
+    for name, credential in FILE_SETTINGS.items():
         file_name = f"{ENV_PREFIX}{name}_FILE"
-        if values.get(file_name) and not values.get(ENV_PREFIX + name):
+        if values.get(ENV_PREFIX + name):
+            continue
+        if values.get(file_name):
             values[ENV_PREFIX + name] = _read_secret_file(file_name, values[file_name])
+        elif credentials and (Path(credentials) / credential).is_file():
+            values[ENV_PREFIX + name] = _read_secret_file("CREDENTIALS_DIRECTORY", str(Path(credentials) / credential))
+    state_directory = environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if state_directory and not values.get(ENV_PREFIX + "DATA_DIR", "").strip():
+        values[ENV_PREFIX + "DATA_DIR"] = state_directory  # systemd's StateDirectory=, unless a folder is named
     return values
 
 

@@ -64,6 +64,46 @@ def test_secrets_come_from_files_and_never_show(tmp_path: Path) -> None:
     assert "hunter2" not in repr(settings)
 
 
+def test_under_systemd_the_secrets_come_from_the_units_credentials(tmp_path: Path) -> None:
+    """`LoadCredential=secret-key:...` and the rest: the example file's empty secrets stay empty
+    lines, and neither the unit nor `systemd/maildesk-admin` has to name each file."""
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "secret-key").write_text("k" * 40 + "\n")
+    (credentials / "imap-password").write_text("hunter2-imap")
+    (credentials / "smtp-password").write_text("hunter2-smtp")
+    env = tmp_path / "maildesk.env"
+    env.write_text("MAILDESK_ENVIRONMENT=production\nMAILDESK_SECRET_KEY=\nMAILDESK_IMAP_PASSWORD=\n"
+                   "MAILDESK_IMAP_HOST=imap.example.com\nMAILDESK_IMAP_USER=desk\n")
+    settings = load_settings(env, environ={"CREDENTIALS_DIRECTORY": str(credentials)})
+    assert (settings.secret_key, settings.imap_password, settings.smtp_password) == (
+        "k" * 40, "hunter2-imap", "hunter2-smtp")
+
+
+def test_a_named_secret_wins_over_the_units_credentials(tmp_path: Path) -> None:
+    (tmp_path / "secret-key").write_text("from-credentials-" + "c" * 32)
+    (tmp_path / "own").write_text("from-own-file-" + "o" * 32)
+    environ = {"CREDENTIALS_DIRECTORY": str(tmp_path), "MAILDESK_ENVIRONMENT": "production"}
+    assert load_settings(environ={**environ, "MAILDESK_SECRET_KEY_FILE": str(tmp_path / "own")}
+                         ).secret_key.startswith("from-own-file-")
+    assert load_settings(environ={**environ, "MAILDESK_SECRET_KEY": "from-environment-" + "e" * 32}
+                         ).secret_key.startswith("from-environment-")
+
+
+def test_under_systemd_an_unset_data_folder_is_the_units_state_directory(tmp_path: Path) -> None:
+    """The example file's empty MAILDESK_DATA_DIR, copied to /etc/maildesk/maildesk.env, overrides
+    the unit's Environment= (systemd gives EnvironmentFile= the last word): it must still mean the
+    state directory, the one place the unit may write."""
+    env = tmp_path / "maildesk.env"
+    env.write_text("MAILDESK_DATA_DIR=\n")
+    state = tmp_path / "state"
+    settings = load_settings(env, environ={"STATE_DIRECTORY": str(state)})
+    assert settings.data_dir == state and settings.database_url == f"sqlite:///{state}/maildesk.db"
+    named = load_settings(environ={"STATE_DIRECTORY": str(state), "MAILDESK_DATA_DIR": str(tmp_path / "own")})
+    assert named.data_dir == tmp_path / "own"
+    assert load_settings(EXAMPLE, environ={}).data_dir == Path("var")
+
+
 def test_imap_without_a_password_is_refused() -> None:
     with pytest.raises(ConfigError) as error:
         load_settings(environ={"MAILDESK_IMAP_HOST": "imap.example.com", "MAILDESK_IMAP_USER": "desk"})
