@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Annotated, Any, Optional
 import click
 import typer
 from sqlalchemy import select
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 
 from maildesk import operations, store
 from maildesk.config import ConfigError, Settings, load_settings
@@ -61,7 +62,7 @@ class Context:
 
     def engine(self, *, ready: bool = True) -> Engine:
         if self._engine is None:
-            self._engine = store.make_engine(self.settings.database_url)
+            self._engine = store.open_engine(self.settings.database_url)
         if ready:
             store.check_ready(self._engine)
         return self._engine
@@ -96,7 +97,7 @@ def db_upgrade(ctx: typer.Context) -> None:
     """Create or migrate the database schema to this version."""
     context = _context(ctx)
     store.upgrade(context.engine(ready=False))
-    typer.echo(f"database ready: {_safe_url(context.settings.database_url)}")
+    typer.echo(f"database ready: {store.safe_url(context.settings.database_url)}")
 
 
 @org_app.command("add")
@@ -326,9 +327,10 @@ def run(ctx: typer.Context) -> None:
     typer.echo("maildesk is running" + (" on its embedded defaults" if embedded else "") + ":")
     for line in daemon.describe():
         typer.echo(f"  {line}")
-    if not settings.imap_configured:
-        typer.echo("  send a test mail from another terminal: .venv/bin/maildesk send-test --from demo@example.com")
-    typer.echo("  stop with Ctrl-C")
+    if "INVOCATION_ID" not in os.environ:  # started by hand (`make run`), not by systemd
+        if not settings.imap_configured:
+            typer.echo("  send a test mail from another terminal: .venv/bin/maildesk send-test --from demo@example.com")
+        typer.echo("  stop with Ctrl-C")
     daemon.install_signal_handlers()
     daemon.run()
 
@@ -393,14 +395,40 @@ def demo_users(ctx: typer.Context) -> None:
 
 
 def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JournalFormatter() if _logging_to_journal() else
+                         logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
     logging.getLogger("alembic").setLevel(logging.WARNING)
     if logging.getLogger().level > logging.DEBUG:
         # aiosmtpd (the LMTP listener) logs each session command at INFO: eleven lines a mail,
         # and "Connection lost during _handle_client()" at every start. The daemon's own line a
         # mail says what happened; MAILDESK_LOG_LEVEL=debug shows the sessions again.
         logging.getLogger("mail.log").setLevel(logging.WARNING)
+
+
+class _JournalFormatter(logging.Formatter):
+    """Lines for journald: it stamps the time itself, and reads a `<N>` prefix as the line's
+    priority, so `journalctl -u maildesk -p warning` shows only warnings and errors."""
+
+    PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+    def __init__(self) -> None:
+        super().__init__("%(levelname)s %(name)s %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        priority = self.PRIORITIES.get(record.levelno, 6)
+        return "\n".join(f"<{priority}>{line}" for line in super().format(record).splitlines())
+
+
+def _logging_to_journal() -> bool:
+    """stderr is systemd's journal stream ($JOURNAL_STREAM names its device and inode)."""
+    device, _, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    try:
+        status = os.fstat(sys.stderr.fileno())
+        return bool(inode) and (status.st_dev, status.st_ino) == (int(device), int(inode))
+    except (OSError, ValueError):
+        return False
 
 
 class _progress:
@@ -427,11 +455,6 @@ def _check_language(language: str | None) -> None:
         fail(f"--language must be lv or en, not {language!r}")
 
 
-def _safe_url(url: str) -> str:
-    """A database URL without its password, for messages."""
-    return make_url(url).render_as_string(hide_password=True)
-
-
 def main() -> None:
     """Entry point: configuration and database problems end with a clear line, not a traceback."""
     try:
@@ -439,6 +462,6 @@ def main() -> None:
     except ConfigError as error:
         typer.echo(f"maildesk: configuration error: {error}", err=True)
         sys.exit(EX_CONFIG)
-    except store.DatabaseNotReady as error:
+    except (store.DatabaseNotReady, store.DatabaseUnavailable) as error:
         typer.echo(f"maildesk: {error}", err=True)
         sys.exit(1)

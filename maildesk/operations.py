@@ -13,7 +13,7 @@ from email.message import EmailMessage
 from email.utils import make_msgid
 
 from sqlalchemy import select, text, update
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 
 from maildesk import smtp, store
 from maildesk.config import Settings
@@ -31,7 +31,7 @@ class CheckResult:
 
 
 def check_database(settings: Settings) -> CheckResult:
-    url = make_url(settings.database_url).render_as_string(hide_password=True)
+    url = store.safe_url(settings.database_url)
     try:
         engine = store.make_engine(settings.database_url)
         with engine.connect() as connection:
@@ -40,10 +40,7 @@ def check_database(settings: Settings) -> CheckResult:
     except store.DatabaseNotReady as error:
         return CheckResult(f"database {url}", str(error))
     except Exception as error:  # every driver error means the same to the admin: not reachable
-        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
-        if settings.database_url and make_url(settings.database_url).password:
-            detail = detail.replace(make_url(settings.database_url).password or "\0", "***")
-        return CheckResult(f"database {url}", f"cannot use the database: {detail}")
+        return CheckResult(f"database {url}", f"cannot use the database: {store.problem_of(settings.database_url, error)}")
     return CheckResult(f"database {url}", None)
 
 

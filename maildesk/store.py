@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import bindparam, event, func, inspect, select, text
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, create_engine
 
 from maildesk import rows
@@ -33,10 +34,48 @@ SQLITE_BUSY_SECONDS = 30
 # backlog 8-10 % faster (docs/performance.md), most likely by keeping the upper index levels in
 # memory. A mail's raw bytes pass through the same cache, which bounds how much more is sensible.
 SQLITE_CACHE_MIB = 16
+SQLITE_HINT = ", or MAILDESK_DATA_DIR, the folder of the SQLite file"
 
 
 class DatabaseNotReady(RuntimeError):
     """The schema is missing or older than this version of maildesk."""
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The database cannot be opened or reached; the message names it (never its password) and the setting."""
+
+
+def open_engine(url: str) -> Engine:
+    """`make_engine`, then one connection: a folder the process may not write (under the unit,
+    anything but its state directory), a server that is down or a wrong password ends in one
+    line that names the setting, not in a driver's traceback."""
+    try:
+        engine = make_engine(url)
+        with engine.connect():
+            pass
+    except (OSError, DBAPIError) as error:
+        raise DatabaseUnavailable(f"cannot open the database {_described(url)}: {problem_of(url, error)} "
+                                  f"(MAILDESK_DATABASE_URL{SQLITE_HINT if url.startswith('sqlite') else ''})") from None
+    return engine
+
+
+def _described(url: str) -> str:
+    """The URL without its password; for SQLite also the file it means, whose folder may be relative
+    (`./var` under systemd is /var, the working folder there being /)."""
+    path = make_url(url).database if url.startswith("sqlite") else None
+    return f"{safe_url(url)} (the file {Path(path).resolve()})" if path and path != ":memory:" else safe_url(url)
+
+
+def safe_url(url: str) -> str:
+    """A database URL without its password, for messages."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def problem_of(url: str, error: BaseException) -> str:
+    """The first line of a driver's error, with the URL's password masked should the driver repeat it."""
+    detail = str(getattr(error, "orig", None) or error).splitlines()[0] if str(error) else type(error).__name__
+    password = make_url(url).password if url else None
+    return detail.replace(password, "***") if password else detail
 
 
 def make_engine(url: str) -> Engine:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -50,6 +53,33 @@ def test_check_names_a_bad_database_url(tmp_path: Path, dovecot, smtp_sink) -> N
     output = check(tmp_path, env, 1)
     assert output.startswith("FAIL database postgresql+psycopg://maildesk:***@127.0.0.1")
     assert "s3cret" not in output
+
+
+def maildesk_process(tmp_path: Path, *args: str, **settings: str) -> subprocess.CompletedProcess[str]:
+    """The command as an admin or systemd starts it (its entry point turns errors into lines)."""
+    env = {"PATH": os.environ["PATH"], **{f"MAILDESK_{key}": value for key, value in settings.items()}}
+    return subprocess.run([sys.executable, "-m", "maildesk", *args], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_a_data_folder_that_cannot_be_written_is_named_not_a_traceback(tmp_path: Path) -> None:
+    """As under the unit with MAILDESK_DATA_DIR outside its state directory (ProtectSystem=strict)."""
+    (tmp_path / "not-a-folder").write_text("")
+    for command in (("db", "upgrade"), ("run",)):
+        result = maildesk_process(tmp_path, *command, DATA_DIR=str(tmp_path / "not-a-folder" / "var"))
+        assert result.returncode == 1, result.stderr
+        assert result.stderr.startswith(f"maildesk: cannot open the database sqlite:///{tmp_path}/not-a-folder/var/")
+        assert "MAILDESK_DATA_DIR" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_database_server_that_is_down_is_named_without_its_password(tmp_path: Path) -> None:
+    """`maildesk run` exits 1 (the unit restarts it: the server may come back), not 78."""
+    url = f"postgresql+psycopg://maildesk:s3cret@127.0.0.1:{free_port()}/maildesk"
+    result = maildesk_process(tmp_path, "run", DATABASE_URL=url)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith("maildesk: cannot open the database postgresql+psycopg://maildesk:***@127.0.0.1")
+    assert "MAILDESK_DATABASE_URL" in result.stderr and "s3cret" not in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_check_refuses_a_wrong_setting_by_name(tmp_path: Path) -> None:
