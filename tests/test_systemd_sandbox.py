@@ -1,5 +1,6 @@
-"""The daemon inside the sandbox of `systemd/maildesk.service`, as far as this machine can show
-it without a running systemd.
+"""The daemon's every system call, mapping, socket and write against the sandbox of
+`systemd/maildesk.service` (test_systemd_boot.py boots the unit itself, which shows that it
+runs, not which calls a path the test did not take would make).
 
 The unit allows the system calls of `@system-service` minus `@privileged @resources` (any other
 fails with EPERM), sets `MemoryDenyWriteExecute=yes` (no memory both writable and executable)
