@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -23,6 +24,7 @@ from maildesk.models import OutboxItem, Ticket, utcnow
 from maildesk.outbox import send_due
 from maildesk.smtp import transport_for
 from maildesk.process import Pipeline, groups
+from maildesk.retention import kept_raw_bytes, prune_raw
 from maildesk.tickets import open_for_caller
 from maildesk.views import outbox_row, ticket_detail, ticket_summary, user_row
 
@@ -285,6 +287,21 @@ def inbox_list(ctx: typer.Context, state: Annotated[Optional[str], typer.Option(
     for row in rows:
         typer.echo(f"{row['id']:>6} {row['state']:<11} {row['attempts']} {row['sender'] or '-':<30} "
                    f"{row['message_id'] or '-'} {row['reason']}".rstrip())
+
+
+@inbox_app.command("prune")
+def inbox_prune(ctx: typer.Context,
+                older_than: Annotated[int, typer.Option("--older-than", metavar="DAYS", min=0,
+                                                        help="Mail handled more than DAYS days ago.")],
+                dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say how much would go.")] = False
+                ) -> None:
+    """Remove the raw bytes of processed and ignored mail (their tickets keep text and attachments)."""
+    engine = _context(ctx).engine()
+    pruned = prune_raw(engine, handled_before=utcnow() - timedelta(days=older_than), dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    typer.echo(f"{verb} the raw bytes of {pruned.mails} mail{'' if pruned.mails == 1 else 's'} handled over "
+               f"{older_than} days ago "
+               f"({pruned.raw_bytes / 1e6:.1f} MB); {kept_raw_bytes(engine) / 1e6:.1f} MB of raw mail kept")
 
 
 @inbox_app.command("retry")

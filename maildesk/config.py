@@ -75,6 +75,7 @@ class Settings:
     answer_limit_per_hour: int
     default_service_level: str
     deadline_warning_minutes: int
+    keep_raw_days: int
 
     def __repr__(self) -> str:
         shown = {field.name: ("***" if _is_secret(field.name) and getattr(self, field.name) else
@@ -240,6 +241,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ANSWER_LIMIT_PER_HOUR", _integer(1, 10000), "10"),
     Setting("DEFAULT_SERVICE_LEVEL", _text, "standard"),
     Setting("DEADLINE_WARNING_MINUTES", _integer(0, 100000), "60"),
+    Setting("KEEP_RAW_DAYS", _integer(0, 36500), "0"),
 )
 # The secrets that may come from a file (MAILDESK_X_FILE), and their names as systemd credentials
 # (`LoadCredential=NAME:PATH` puts them in $CREDENTIALS_DIRECTORY, for the unit and for

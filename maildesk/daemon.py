@@ -19,7 +19,7 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import FrameType
 
 import schedule
@@ -32,6 +32,7 @@ from maildesk.models import utcnow
 from maildesk.outbox import release_stale_claims, send_due
 from maildesk.parse_worker import ProcessParser, parser_for
 from maildesk.process import Pipeline
+from maildesk.retention import prune_raw
 from maildesk.sdnotify import Notifier, watchdog_interval
 from maildesk.send_worker import SendWorker, sender_for
 from maildesk.timers import sweep
@@ -116,6 +117,9 @@ class Daemon:
         self._start_source()
         self._start_thread(self._sender_loop, "outbox-sender")
         self.scheduler.every(1).minutes.do(self._minutely)
+        if self.settings.keep_raw_days:
+            self._prune_raw()
+            self.scheduler.every(1).hours.do(self._prune_raw)
         interval = watchdog_interval()
         if interval:
             self.scheduler.every(max(int(interval), 1)).seconds.do(self.systemd.watchdog)
@@ -206,6 +210,14 @@ class Daemon:
             self.stored.put(inbox_id)
         sweep(self.engine, self.settings, self.pipeline.notifier, now=now)
         self.signals.outbox.set()
+
+    def _prune_raw(self) -> None:
+        """MAILDESK_KEEP_RAW_DAYS: the raw bytes of mail handled longer ago than that go (hourly)."""
+        days = self.settings.keep_raw_days
+        pruned = prune_raw(self.engine, handled_before=self.clock() - timedelta(days=days))
+        if pruned.mails:
+            log.info("removed the raw bytes of %d mail%s handled over %d days ago (%.1f MB; MAILDESK_KEEP_RAW_DAYS)",
+                     pruned.mails, "" if pruned.mails == 1 else "s", days, pruned.raw_bytes / 1e6)
 
     def _recover(self) -> None:
         """After a crash: this worker's claims are released, attachment files of mail it was
