@@ -24,7 +24,7 @@ from maildesk.models import OutboxItem, Ticket, utcnow
 from maildesk.outbox import send_due
 from maildesk.smtp import transport_for
 from maildesk.process import Pipeline, groups
-from maildesk.retention import kept_raw_bytes, prune_raw
+from maildesk.retention import kept_raw_bytes, prunable, prune_raw
 from maildesk.tickets import open_for_caller
 from maildesk.views import outbox_row, ticket_detail, ticket_summary, user_row
 
@@ -297,7 +297,8 @@ def inbox_prune(ctx: typer.Context,
                 ) -> None:
     """Remove the raw bytes of processed and ignored mail (their tickets keep text and attachments)."""
     engine = _context(ctx).engine()
-    pruned = prune_raw(engine, handled_before=utcnow() - timedelta(days=older_than), dry_run=dry_run)
+    before = utcnow() - timedelta(days=older_than)
+    pruned = prunable(engine, handled_before=before) if dry_run else prune_raw(engine, handled_before=before)
     verb = "would remove" if dry_run else "removed"
     typer.echo(f"{verb} the raw bytes of {pruned.mails} mail{'' if pruned.mails == 1 else 's'} handled over "
                f"{older_than} days ago "

@@ -41,6 +41,7 @@ from maildesk.wal import start_checkpointer
 log = logging.getLogger("maildesk.daemon")
 IDLE_WAKE_SECONDS = 1.0
 OUTBOX_RECHECK_SECONDS = 15.0
+PRUNE_BATCHES = 10  # a run of MAILDESK_KEEP_RAW_DAYS: 5,000 mails at most
 # The poller parses and stores mail in pure Python while the sender mostly waits on SMTP replies.
 # Each time the sender's thread lets go of the interpreter (every socket send and reply, every
 # database call) it gets it back only when the busy thread is made to yield: after the switch
@@ -118,8 +119,7 @@ class Daemon:
         self._start_thread(self._sender_loop, "outbox-sender")
         self.scheduler.every(1).minutes.do(self._minutely)
         if self.settings.keep_raw_days:
-            self._prune_raw()
-            self.scheduler.every(1).hours.do(self._prune_raw)
+            self.scheduler.every(10).minutes.do(self._prune_raw)
         interval = watchdog_interval()
         if interval:
             self.scheduler.every(max(int(interval), 1)).seconds.do(self.systemd.watchdog)
@@ -131,6 +131,8 @@ class Daemon:
         """The main loop until a stop signal: process stored mail, run timers, ping the watchdog."""
         self.start()
         try:
+            if self.settings.keep_raw_days:
+                self._prune_raw()  # after READY: a first prune of a long history takes its time
             while not self.signals.stop.is_set():
                 self._process_stored(timeout=IDLE_WAKE_SECONDS)
                 self.scheduler.run_pending()
@@ -212,9 +214,10 @@ class Daemon:
         self.signals.outbox.set()
 
     def _prune_raw(self) -> None:
-        """MAILDESK_KEEP_RAW_DAYS: the raw bytes of mail handled longer ago than that go (hourly)."""
+        """MAILDESK_KEEP_RAW_DAYS: the raw bytes of mail handled longer ago than that go, ten
+        batches at a time, so a long history is pruned over several runs between the mail."""
         days = self.settings.keep_raw_days
-        pruned = prune_raw(self.engine, handled_before=self.clock() - timedelta(days=days))
+        pruned = prune_raw(self.engine, handled_before=self.clock() - timedelta(days=days), max_batches=PRUNE_BATCHES)
         if pruned.mails:
             log.info("removed the raw bytes of %d mail%s handled over %d days ago (%.1f MB; MAILDESK_KEEP_RAW_DAYS)",
                      pruned.mails, "" if pruned.mails == 1 else "s", days, pruned.raw_bytes / 1e6)

@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from sqlalchemy import text
 
-from maildesk import store
+from maildesk import retention, store
 from maildesk.config import load_settings
 from maildesk.models import utcnow
 from tests.daemon_harness import DaemonProcess, wait_until
@@ -78,3 +79,20 @@ def test_the_daemon_prunes_by_itself_with_keep_raw_days(tmp_path: Path) -> None:
     finally:
         daemon.close()
     assert "removed the raw bytes of 1 mail handled over 30 days ago" in daemon.log.read_text()
+
+
+def test_a_run_of_the_daemon_prunes_a_bounded_number_of_batches(people: Desk, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long history goes over several runs, so the daemon's loop (and its watchdog) never stalls."""
+    for number in range(3):
+        people.mail("anna@acme.example", f"Request {number}", "Old.")
+    _handled_days_ago(people, 40, 1, 2, 3)
+    monkeypatch.setattr(retention, "PRUNE_BATCH", 1)
+    engine = _engine(people)
+    before = utcnow() - timedelta(days=30)
+    assert retention.prunable(engine, handled_before=before) == retention.Pruned(3, sum(
+        row["size"] for row in people.json("inbox", "list")))
+    assert retention.prune_raw(engine, handled_before=before, max_batches=2).mails == 2
+    assert _raw_kept(people) == {3}
+    assert retention.prune_raw(engine, handled_before=before).mails == 1
+    assert _raw_kept(people) == set()
+    engine.dispose()
