@@ -19,7 +19,7 @@ from maildesk import deadlines, rows, store
 from maildesk.config import Settings
 from maildesk.core.authorize import authorize
 from maildesk.core.commands import ParsedCommand, ParsedCommands
-from maildesk.core.mail import InboundMail
+from maildesk.core.mail import DeliveryReport, InboundMail
 from maildesk.core.workflow import (
     Audience, Command, Decision, Rejected, TicketState, decide, possible_commands, with_status,
 )
@@ -172,6 +172,10 @@ class MailHandler:
         never a command, never a new ticket, never a reopen or a clock change (RFC 3834)."""
         classification = examined.classification
         reason = f"{classification.kind}: {classification.reason}"
+        if classification.kind == "bounce" and examined.mail.report is not None:
+            bounced = self.bounced(examined, inbox_id, examined.mail.report, session=session, now=now)
+            if bounced is not None:
+                return bounced
         if ticket is not None and user is not None:
             self.save_message(examined, inbox_id, ticket, session=session, now=now, internal=True)
             store.add_event(session=session, ticket_id=ticket.id, at=now, actor=user.address,
@@ -179,6 +183,39 @@ class MailHandler:
                             to_status=ticket.status, outcome="ignored", reason=reason)
             return Handled("processed", f"kept as a note: {reason}", ticket.id, ticket.key)
         return Handled("ignored", reason)
+
+    def bounced(self, examined: Examined, inbox_id: int, report: DeliveryReport, *, session: Session,
+                now: datetime) -> Handled | None:
+        """A bounce of one of our mails (its report returns our Message-ID): the outbox row says
+        who was not reached, and the ticket keeps the bounce as an internal note with an event,
+        so an agent sees that the customer never got it. Nobody is mailed about a bounce: that
+        mail could bounce too. None when the mail it returns is not ours, or not sent yet (so a
+        forged bounce cannot touch a mail still to go); a repeat of a bounce is only logged."""
+        item = session.execute(select(OutboxItem).where(
+            OutboxItem.message_id == report.original_message_id)).scalar_one_or_none()
+        if item is None or item.status not in ("sent", "failed"):
+            return None
+        results = json.loads(item.recipient_results or "{}")
+        failed = [failure for failure in report.failed if results.get(failure.address, {}).get("state") != "bounced"]
+        if not failed:
+            return Handled("ignored", f"bounce: already recorded for {item.template} mail {item.id}")
+        for failure in failed:
+            results[failure.address] = {"state": "bounced", "detail": f"{failure.status} {failure.diagnostic}".strip(),
+                                        "at": now.isoformat()}
+        summary = "; ".join(f"{failure.address}: {failure.status} {failure.diagnostic}".strip() for failure in failed)
+        item.recipient_results = json.dumps(results)
+        if item.status == "sent":  # a row still pending or being sent is its sender's to record
+            item.status, item.last_error = "failed", f"bounced: {summary}"[:2000]
+        session.add(item)
+        reason = f"{item.template} mail {item.id} not delivered: {summary}"[:2000]
+        ticket = session.get(Ticket, item.ticket_id) if item.ticket_id is not None else None
+        if ticket is None:
+            return Handled("ignored", f"bounce: {reason}")
+        self.save_message(examined, inbox_id, ticket, session=session, now=now, internal=True)
+        store.add_event(session=session, ticket_id=ticket.id, at=now, actor=examined.mail.from_address,
+                        command="BOUNCE", from_status=ticket.status, to_status=ticket.status, outcome="bounced",
+                        reason=reason)
+        return Handled("processed", f"bounce: {reason}", ticket.id, ticket.key)
 
     def run_commands(self, ticket: Ticket, state: TicketState, user: User, parsed: ParsedCommands, internal: bool,
                      *, session: Session, now: datetime, thread: Thread) -> str:

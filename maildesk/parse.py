@@ -43,6 +43,7 @@ from typing import Final, NamedTuple
 from mailparser.dates import date_diagnostics, parse_mail_date
 from mailparser.utils import decode_header_part, get_addresses, mime_header_view
 
+from maildesk.bounce_report import delivery_report
 from maildesk.core.mail import Attachment, Base64Body, InboundMail, lenient_base64
 from maildesk.mime_tree import parse_bytes
 from maildesk.quotes import new_text
@@ -327,6 +328,7 @@ def _inbound(raw: bytes, message: Message, cut: dict[int, tuple[int, int]]) -> I
         headers=headers,
         attachments=_attachments(parts, raw, cut, defects, categories),
         defects=tuple(defects + _mime_defects(parts, categories)),
+        report=delivery_report(message) if message.get_content_type() == "multipart/report" else None,
     )
 
 

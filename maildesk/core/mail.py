@@ -83,6 +83,23 @@ class Base64Body:
 
 
 @dataclass(frozen=True)
+class FailedRecipient:
+    """One recipient a delivery status notification (RFC 3464) says was not reached."""
+
+    address: str
+    status: str  # the enhanced status code, 5.1.1
+    diagnostic: str  # what the refusing server said, as far as the report gives it
+
+
+@dataclass(frozen=True)
+class DeliveryReport:
+    """What a bounce says: which of our mails (its Message-ID) did not reach whom."""
+
+    original_message_id: str
+    failed: tuple[FailedRecipient, ...]
+
+
+@dataclass(frozen=True)
 class Attachment:
     """One attached file; `filename` is the sender's name for it, kept as data only.
 
@@ -141,6 +158,7 @@ class InboundMail:
     headers: tuple[tuple[str, str], ...] = ()
     attachments: tuple[Attachment, ...] = ()
     defects: tuple[str, ...] = field(default=())
+    report: DeliveryReport | None = None  # a bounce's delivery status notification, when it has one
 
     def header(self, name: str) -> str:
         """The first value of a header, '' when absent (names compare case-insensitively)."""
