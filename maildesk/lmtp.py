@@ -32,6 +32,7 @@ _LINE_START, _IN_LINE, _AFTER_LEADING_DOT = "line start", "in a line", "after a 
 # one destination; eight 40 MB mails at once took the daemon to 808 MiB of its unit's 1 GiB.
 # Sessions beyond the budget wait before the 354, holding nothing.
 DATA_BUDGET_BYTES = 160 * 1024 * 1024
+LMTP_IDENT = "maildesk LMTP"  # in the greeting: `maildesk check` tells a running maildesk from another program
 
 
 class LmtpHandler:
@@ -150,6 +151,7 @@ class LmtpServer:
             self.handler, hostname=settings.lmtp_host, port=settings.lmtp_port,
             server_hostname=socket.gethostname(),  # aiosmtpd would call getfqdn() (DNS) per session
             data_size_limit=settings.max_message_bytes,  # also advertised as SIZE in the LHLO reply
+            ident=LMTP_IDENT,
             decode_data=False, enable_SMTPUTF8=True)
 
     @property

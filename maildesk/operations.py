@@ -62,13 +62,28 @@ def check_all(settings: Settings) -> list[CheckResult]:
 
 
 def _port_free(host: str, port: int) -> str | None:
+    """None when the daemon could listen there, or when a running maildesk already does."""
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as error:
-            return f"cannot listen on {host}:{port}: {error.strerror} (is maildesk already running?)"
+            from maildesk.lmtp import LMTP_IDENT  # only here: aiosmtpd would cost every command 80 ms to import
+            greeting = _greeting(host, port)
+            if LMTP_IDENT in greeting:
+                return None  # the service is up and listening: the setting works
+            held = f" by another program ({greeting})" if greeting else ""
+            return f"cannot listen on {host}:{port}: {error.strerror}{held}"
     return None
+
+
+def _greeting(host: str, port: int) -> str:
+    """The first line a server on that port says, '' when none answers."""
+    try:
+        with socket.create_connection((host, port), timeout=5) as connection:
+            return connection.makefile("rb").readline(300).decode("ascii", "replace").strip()
+    except OSError:
+        return ""
 
 
 def _writable(settings: Settings) -> str | None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.daemon_harness import DaemonProcess
 from tests.desk import Desk, standard_people
 from tests.servers import free_port
 
@@ -80,6 +81,28 @@ def test_a_database_server_that_is_down_is_named_without_its_password(tmp_path: 
     assert result.stderr.startswith("maildesk: cannot open the database postgresql+psycopg://maildesk:***@127.0.0.1")
     assert "MAILDESK_DATABASE_URL" in result.stderr and "s3cret" not in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_check_counts_a_running_maildesk_on_the_lmtp_port_as_working(tmp_path: Path) -> None:
+    """`maildesk-admin check` on a live server: the port is taken by the service itself."""
+    port = free_port()
+    daemon = DaemonProcess({"MAILDESK_LMTP_PORT": str(port)}, tmp_path)
+    assert daemon.maildesk("db", "upgrade").returncode == 0
+    try:
+        daemon.start()
+        result = daemon.maildesk("check")
+        assert result.returncode == 0, result.stdout
+        assert f"ok   LMTP listener 127.0.0.1:{port}" in result.stdout
+    finally:
+        daemon.close()
+
+
+def test_check_names_another_program_on_the_lmtp_port(tmp_path: Path, smtp_sink) -> None:
+    desk = Desk(tmp_path)
+    desk.env["MAILDESK_LMTP_PORT"] = str(smtp_sink.port)
+    output = desk.run("check", expect=1)
+    assert f"FAIL LMTP listener 127.0.0.1:{smtp_sink.port}: cannot listen on 127.0.0.1:{smtp_sink.port}: " \
+           "Address already in use by another program (220 " in output
 
 
 def test_check_refuses_a_wrong_setting_by_name(tmp_path: Path) -> None:
