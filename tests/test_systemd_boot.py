@@ -205,6 +205,9 @@ def test_installed_as_the_readme_says_the_unit_runs_the_desk(container: Containe
     dovecot.append("INBOX", make_mail("anna@acme.example", "Logs", "x" * 100_000, to="support@desk.example",
                                       message_id="<boot-big@acme.example>"), user=imap_user)
     wait_until(lambda: _count(dovecot, "Quarantine", imap_user) == 1, 30, what="the mail over the limit quarantined")
+    # the admin's check on the live server: the IMAP password comes from the credentials
+    checked = machine.run(admin, "check").stdout.splitlines()
+    assert [line.split()[:2] for line in checked] == [["ok", "database"], ["ok", "IMAP"], ["ok", "SMTP"]], checked
     # the parse and send helpers run in the unit, as its user
     helpers = machine.run(str(SYSTEM_PYTHON), "-c", _PROCESSES_OF_UID.format(uid=uid)).stdout.split()
     assert len(helpers) >= 3, helpers
