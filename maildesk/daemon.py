@@ -11,6 +11,7 @@ everything stops cleanly.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import queue
@@ -31,7 +32,7 @@ from maildesk.delivery import Sender
 from maildesk.models import utcnow
 from maildesk.outbox import release_stale_claims, send_due
 from maildesk.parse_worker import ProcessParser, parser_for
-from maildesk.process import Pipeline
+from maildesk.process import GROUP_ROWS, Pipeline, groups
 from maildesk.retention import prune_raw
 from maildesk.sdnotify import Notifier, watchdog_interval
 from maildesk.send_worker import SendWorker, sender_for
@@ -70,7 +71,9 @@ class Daemon:
         self.engine = engine
         self.clock = clock
         self.worker = settings.worker_id
-        self.parser = parser_for(settings.parse_processes)
+        # The LMTP listener's mail is parsed here: a group of what came meanwhile is small, and a
+        # helper would be one more process for a setup that needs none.
+        self.parser = parser_for(settings.parse_processes if settings.imap_configured else 0)
         self.pipeline = Pipeline(settings, engine, clock=clock, worker=self.worker, parser=self.parser)
         self.sender = sender or sender_for(settings)
         self.signals = Signals()
@@ -99,8 +102,7 @@ class Daemon:
 
     def start(self) -> None:
         """Start the source and the sender; returns at once (run() then drives the main loop)."""
-        # the LMTP listener hands over one mail at a time: parsed in-process, no helper
-        helper = self.parser if isinstance(self.parser, ProcessParser) and self.settings.imap_configured else None
+        helper = self.parser if isinstance(self.parser, ProcessParser) else None  # IMAP only, see __init__
         if helper is not None:
             helper.start()  # it imports its modules while this process warms up
         if isinstance(self.sender, SendWorker):
@@ -171,20 +173,25 @@ class Daemon:
         self._threads.append(thread)
 
     def _process_stored(self, *, timeout: float) -> None:
-        """Process what the listener stored; one at a time so a stop never cuts a message."""
+        """Process what the listener stored: a mail alone as soon as it comes, and what came
+        meanwhile in groups, as a backlog is processed (one transaction a group, `groups`). A
+        stop lets the group in hand finish; rows not reached stay stored for the next start."""
         try:
-            inbox_id = self.stored.get(timeout=timeout) if timeout else self.stored.get_nowait()
+            waiting = [self.stored.get(timeout=timeout) if timeout else self.stored.get_nowait()]
         except queue.Empty:
             return
-        while True:
-            self.pipeline.process_inbox_item(inbox_id)
-            self.signals.outbox.set()
-            if self.signals.stop.is_set():
-                return
-            try:
-                inbox_id = self.stored.get_nowait()
-            except queue.Empty:
-                return
+        while waiting:
+            with contextlib.suppress(queue.Empty):
+                while len(waiting) < GROUP_ROWS:
+                    waiting.append(self.stored.get_nowait())
+            for group in groups(waiting, self.pipeline.raw_sizes(waiting)):
+                self.pipeline.process_many(group)
+                self.signals.outbox.set()
+                if self.signals.stop.is_set():
+                    return
+            waiting = []
+            with contextlib.suppress(queue.Empty):
+                waiting.append(self.stored.get_nowait())
 
     def _sender_loop(self) -> None:
         """Deliver due outbox rows whenever work is queued, and every few seconds for retries.

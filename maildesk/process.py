@@ -387,6 +387,13 @@ class Pipeline:
                                      .values(state=State.NEW.value, claimed_by=None))
             return int(result.rowcount)  # type: ignore[attr-defined]
 
+    def raw_sizes(self, inbox_ids: list[int]) -> dict[int, int]:
+        """The raw size of each row, to group stored rows as a backlog is (`groups`)."""
+        with store.transaction(self.engine) as session:
+            found = {int(row_id): size for row_id, size in session.execute(select(InboxItem.id, InboxItem.size).where(
+                InboxItem.id.in_(inbox_ids)))}  # type: ignore[union-attr]
+        return {inbox_id: int(found.get(inbox_id) or 0) for inbox_id in inbox_ids}
+
     def pending_ids(self, *, states: tuple[str, ...] = RETRYABLE, limit: int = 1000) -> list[int]:
         with store.transaction(self.engine) as session:
             rows = session.exec(select(InboxItem.id).where(InboxItem.state.in_(states))  # type: ignore[call-overload, attr-defined]
