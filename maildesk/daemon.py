@@ -5,8 +5,8 @@ main thread processes what the listener stored, drives `schedule` timers and pin
 systemd watchdog; a sender thread claims and records the outbox as soon as work is queued,
 its messages built and sent over SMTP in a helper process (`send_worker`); with SQLite, a
 thread checkpoints the write-ahead log (`maildesk.wal`). Two helper processes beside it parse
-mail (`parse_worker`) and send it. SIGTERM or SIGINT lets the message in hand finish, then
-everything stops cleanly.
+mail (`parse_worker`, with IMAP) and send it. SIGTERM or SIGINT lets the message (or the group
+of stored messages) in hand finish, then everything stops cleanly.
 """
 
 from __future__ import annotations
