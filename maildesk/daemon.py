@@ -173,16 +173,20 @@ class Daemon:
         self._threads.append(thread)
 
     def _process_stored(self, *, timeout: float) -> None:
-        """Process what the listener stored: a mail alone as soon as it comes, and what came
+        """Process what the LMTP listener stored: a mail alone as soon as it comes, and what came
         meanwhile in groups, as a backlog is processed (one transaction a group, `groups`). A
         stop lets the group in hand finish; rows not reached stay stored for the next start."""
         try:
             waiting = [self.stored.get(timeout=timeout) if timeout else self.stored.get_nowait()]
         except queue.Empty:
             return
+        # With IMAP only retries and recovered rows come here, one at a time: the poller may meet
+        # the same rows in the mailbox, and it files a mail only once it processed the row itself,
+        # so a whole group claimed here would leave its mails in INBOX until the next poll.
+        most = 1 if self.settings.imap_configured else GROUP_ROWS
         while waiting:
             with contextlib.suppress(queue.Empty):
-                while len(waiting) < GROUP_ROWS:
+                while len(waiting) < most:
                     waiting.append(self.stored.get_nowait())
             for group in groups(waiting, self.pipeline.raw_sizes(waiting)):
                 self.pipeline.process_many(group)

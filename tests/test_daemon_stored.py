@@ -16,13 +16,17 @@ from tests.desk import Desk, standard_people
 from tests.mailbuilder import make_mail
 
 
-@pytest.fixture
-def desk_daemon(tmp_path: Path) -> Iterator[tuple[Desk, Daemon, list[list[int]]]]:
-    """A desk, a Daemon on it (not started: its loop's step is called directly), and the groups
-    its pipeline was asked to process, recorded on the way to the real `process_many`."""
+IMAP = {"MAILDESK_IMAP_HOST": "127.0.0.1", "MAILDESK_IMAP_USER": "desk", "MAILDESK_IMAP_PASSWORD": "never used"}
+
+
+@pytest.fixture(params=["lmtp"])
+def desk_daemon(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Desk, Daemon, list[list[int]]]]:
+    """A desk, a Daemon on it (not started: its loop's step is called directly; with IMAP
+    settings for the "imap" parameter), and the groups its pipeline was asked to process,
+    recorded on the way to the real `process_many`."""
     desk = Desk(tmp_path)
     standard_people(desk)
-    settings = load_settings(environ=desk.env)
+    settings = load_settings(environ={**desk.env, **(IMAP if request.param == "imap" else {})})
     daemon = Daemon(settings, store.make_engine(settings.database_url))
     asked: list[list[int]] = []
     process_many = daemon.pipeline.process_many
@@ -73,3 +77,14 @@ def test_groups_are_bounded_and_a_stop_waits_only_for_the_group_in_hand(desk_dae
     daemon._process_stored(timeout=0.1)
     assert asked == [ids[:3], ids[3:6]]
     assert _states(desk) == ["processed"] * 6 + ["new"]  # stored: the next start processes it
+
+
+@pytest.mark.parametrize("desk_daemon", ["imap"], indirect=True)
+def test_with_imap_retries_and_recovered_rows_go_one_at_a_time(desk_daemon) -> None:  # type: ignore[no-untyped-def]
+    """The poller may meet the same rows in INBOX and files a mail only after processing its row
+    itself: a group claimed here left mails in INBOX until the next poll (the SIGKILL test)."""
+    desk, daemon, asked = desk_daemon
+    ids = _store(daemon, 3)
+    daemon._process_stored(timeout=0.1)
+    assert asked == [[inbox_id] for inbox_id in ids]
+    assert _states(desk) == ["processed"] * 3
