@@ -284,7 +284,7 @@ def _raw_values(env_file: Path | None, environ: dict[str, str]) -> dict[str, str
         if values.get(file_name):
             values[ENV_PREFIX + name] = _read_secret_file(file_name, values[file_name])
         elif credentials and (Path(credentials) / credential).is_file():
-            values[ENV_PREFIX + name] = _read_secret_file("CREDENTIALS_DIRECTORY", str(Path(credentials) / credential))
+            values[ENV_PREFIX + name] = _read_secret_file("CREDENTIALS_DIRECTORY", f"{credentials}/{credential}")
     state_directory = environ.get("STATE_DIRECTORY", "").split(":")[0]
     if state_directory and not values.get(ENV_PREFIX + "DATA_DIR", "").strip():
         values[ENV_PREFIX + "DATA_DIR"] = state_directory  # systemd's StateDirectory=, unless a folder is named

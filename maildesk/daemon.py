@@ -188,7 +188,7 @@ class Daemon:
             with contextlib.suppress(queue.Empty):
                 while len(waiting) < most:
                     waiting.append(self.stored.get_nowait())
-            for group in groups(waiting, self.pipeline.raw_sizes(waiting)):
+            for group in groups(waiting, self.pipeline.raw_sizes(waiting)) if len(waiting) > 1 else [waiting]:
                 self.pipeline.process_many(group)
                 self.signals.outbox.set()
                 if self.signals.stop.is_set():

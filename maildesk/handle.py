@@ -199,10 +199,10 @@ class MailHandler:
         failed = [failure for failure in report.failed if results.get(failure.address, {}).get("state") != "bounced"]
         if not failed:
             return Handled("ignored", f"bounce: already recorded for {item.template} mail {item.id}")
-        for failure in failed:
-            results[failure.address] = {"state": "bounced", "detail": f"{failure.status} {failure.diagnostic}".strip(),
-                                        "at": now.isoformat()}
-        summary = "; ".join(f"{failure.address}: {failure.status} {failure.diagnostic}".strip() for failure in failed)
+        details = {failure.address: f"{failure.status} {failure.diagnostic}".strip() for failure in failed}
+        for address, detail in details.items():
+            results[address] = {"state": "bounced", "detail": detail, "at": now.isoformat()}
+        summary = "; ".join(f"{address}: {detail}" for address, detail in details.items())
         item.recipient_results = json.dumps(results)
         if item.status == "sent":  # a row still pending or being sent is its sender's to record
             item.status, item.last_error = "failed", f"bounced: {summary}"[:2000]

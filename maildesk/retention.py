@@ -4,8 +4,9 @@ Every mail's raw bytes are kept (`inbox_raw`) so that nothing is ever lost befor
 handled, and so that kept mail can be processed again. Once a mail is `processed` or `ignored`,
 its ticket holds what it said (messages, attachments); the raw bytes then only serve an audit.
 With `MAILDESK_KEEP_RAW_DAYS` set, the daemon removes them that many days after the mail was
-handled (after READY, then every ten minutes, up to 5,000 mails a time), and `maildesk inbox prune --older-than DAYS` does it on demand. Failed,
-quarantined and held mail is never pruned: it waits for `maildesk inbox retry`. The inbox row
+handled (after READY, then every ten minutes, up to 5,000 mails a time), and
+`maildesk inbox prune --older-than DAYS` does it on demand. Failed, quarantined and held mail
+is never pruned: it waits for `maildesk inbox retry`. The inbox row
 stays, with its SHA-256, so the same mail arriving again is still recognised as a repeat.
 """
 
@@ -38,7 +39,7 @@ def prune_raw(engine: Engine, *, handled_before: datetime, max_batches: int | No
     mails = raw_bytes = batches = 0
     while max_batches is None or batches < max_batches:
         with store.transaction(engine) as session:
-            found = session.execute(_prunable(handled_before).limit(PRUNE_BATCH)).all()
+            found = session.execute(_prunable(handled_before).order_by(InboxItem.id).limit(PRUNE_BATCH)).all()
             if found:
                 session.execute(delete(InboxRaw).where(
                     InboxRaw.inbox_id.in_([row.id for row in found])))  # type: ignore[attr-defined]
@@ -67,5 +68,4 @@ def _prunable(handled_before: datetime):  # type: ignore[no-untyped-def]
     return (select(InboxItem.id, InboxItem.size)
             .join(InboxRaw, InboxRaw.inbox_id == InboxItem.id)  # type: ignore[arg-type]
             .where(InboxItem.state.in_(PRUNED_STATES),  # type: ignore[attr-defined]
-                   InboxItem.processed_at < handled_before)  # type: ignore[operator]
-            .order_by(InboxItem.id))
+                   InboxItem.processed_at < handled_before))  # type: ignore[operator]
